@@ -1,0 +1,59 @@
+"""``matteserve build``: model name or user ONNX -> a complete, verified Triton model repository."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from matteserve.build import onnx_prep, repository, tuning, weights
+from matteserve.build.configs import ServingPlan, Target
+
+from matteserve.errors import ModelError
+from matteserve.pipeline.decode import ImageLimits
+from matteserve.zoo import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+
+def build(
+    spec: ModelSpec,
+    out: Path,
+    target: Target = Target.CPU,
+    onnx: Path | None = None,
+    max_batch_size: int | None = None,
+    limits: ImageLimits | None = None,
+    **plan_overrides: Any,
+) -> Path:
+    """Fetch or take the ONNX, prepare it for dynamic batching, choose the batch size and write the
+    repository. ``max_batch_size=None`` measures the model here and chooses (CPU target)."""
+    if target is Target.GPU:
+        raise ModelError(
+            "--target gpu builds TensorRT engines and needs an NVIDIA GPU with TensorRT; "
+            "on this machine use --target cpu"
+        )
+    source = weights.weights_path(spec, onnx)
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = onnx_prep.prepare(source, spec, Path(tmp) / "model.onnx")
+        plan = ServingPlan.for_host(spec, target, limits=limits or ImageLimits(), **plan_overrides)
+        measurements: list[tuning.BatchMeasurement] = []
+        if max_batch_size is None:
+            measurements = tuning.measure(prepared.path, spec, threads=plan.matting_threads)
+            max_batch_size = tuning.choose(measurements)
+            logger.info("chose max batch size %d from %s", max_batch_size, measurements)
+        plan = ServingPlan.for_host(
+            spec, target, limits=limits or ImageLimits(), max_batch_size=max_batch_size, **plan_overrides
+        )
+        manifest = {
+            "model": spec.name,
+            "target": target.value,
+            "source": str(source),
+            "source_sha256": weights.file_digest(source),
+            "max_batch_size": plan.max_batch_size,
+            "batch_parity_max_diff": prepared.batch_parity_max_diff,
+            "batch_measurements": [asdict(m) for m in measurements],
+            "spec": spec.to_dict(),
+        }
+        return repository.write(plan, prepared.path, out, manifest)

@@ -1,0 +1,193 @@
+"""Triton model configs rendered from one typed plan, never written by hand.
+
+Every config is built as a dict, parsed into ``model_config_pb2.ModelConfig`` (which rejects unknown
+fields and wrong types) and written in protobuf text format.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2
+
+from matteserve import contract
+from matteserve.errors import ModelError
+from matteserve.pipeline.decode import ImageLimits
+from matteserve.zoo import ModelSpec
+
+
+class Target(str, enum.Enum):
+    CPU = "cpu"  # matting in onnxruntime inside a python-backend model
+    GPU = "gpu"  # matting as a TensorRT engine (tensorrt_plan backend)
+
+
+@dataclass(frozen=True)
+class ServingPlan:
+    """Everything the four configs are rendered from. ``max_batch_size`` is the single source of
+    truth for batching: the ensemble, every step and (on GPU) the engine's profile use it."""
+
+    spec: ModelSpec
+    target: Target = Target.CPU
+    max_batch_size: int = 4
+    queue_delay_us: int = 0
+    max_queue_size: int = 64
+    matting_instances: int = 1
+    matting_threads: int = 0  # onnxruntime intra-op threads; 0 = all cores
+    preprocess_instances: int = 1
+    postprocess_instances: int = 1
+    limits: ImageLimits = field(default_factory=ImageLimits)
+    onnx_filename: str = "model.onnx"
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ModelError(f"max batch size must be >= 1, got {self.max_batch_size}")
+        for name in ("matting_instances", "preprocess_instances", "postprocess_instances"):
+            if getattr(self, name) < 1:
+                raise ModelError(f"{name.replace('_', ' ')} must be >= 1")
+
+    @property
+    def pixel_dims(self) -> list[int]:
+        static = self.spec.size.static
+        return [3, static[1], static[0]] if static else [3, -1, -1]
+
+    @property
+    def alpha_dims(self) -> list[int]:
+        return self.pixel_dims[1:]
+
+    @classmethod
+    def for_host(cls, spec: ModelSpec, target: Target, cores: int | None = None, **overrides: Any) -> ServingPlan:
+        """Instance counts derived from the node's cores. On CPU one matting instance uses every core
+        through onnxruntime's thread pool; pre/post get a core per ~4 (they are ~10% of the work)."""
+        cores = cores or os.cpu_count() or 1
+        defaults: dict[str, Any] = {
+            "target": target,
+            "matting_threads": cores,
+            "preprocess_instances": max(1, cores // 4),
+            "postprocess_instances": max(1, cores // 4),
+        }
+        if target is Target.GPU:
+            # The GPU does the model; the CPU cores go to decode and encode (post is the heavier one).
+            defaults |= {"preprocess_instances": max(1, cores // 3), "postprocess_instances": max(1, cores // 2)}
+        return cls(spec=spec, **(defaults | overrides))
+
+
+def _tensor(name: str, data_type: str, dims: list[int]) -> dict[str, Any]:
+    return {"name": name, "data_type": data_type, "dims": dims}
+
+
+def _common(plan: ServingPlan) -> dict[str, str]:
+    return {
+        "spec": json.dumps(plan.spec.to_dict(), sort_keys=True),
+        "max_pixels": str(plan.limits.max_pixels),
+        "min_side": str(plan.limits.min_side),
+        "max_aspect": str(plan.limits.max_aspect),
+    }
+
+
+def _parameters(values: dict[str, str]) -> dict[str, Any]:
+    return {k: {"string_value": v} for k, v in values.items()}
+
+
+def _batching(plan: ServingPlan) -> dict[str, Any]:
+    return {
+        "max_queue_delay_microseconds": plan.queue_delay_us,
+        "default_queue_policy": {"max_queue_size": plan.max_queue_size},
+    }
+
+
+def _python_model(name: str, plan: ServingPlan, instances: int, extra: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "backend": "python",
+        "max_batch_size": plan.max_batch_size,
+        "dynamic_batching": _batching(plan),
+        "instance_group": [{"count": instances, "kind": "KIND_CPU"}],
+        "parameters": _parameters(_common(plan) | (extra or {})),
+    }
+
+
+def preprocess_config(plan: ServingPlan) -> model_config_pb2.ModelConfig:
+    cfg = _python_model(contract.PREPROCESS, plan, plan.preprocess_instances)
+    cfg["input"] = [_tensor(contract.IMAGE, "TYPE_STRING", [1]), _tensor(contract.OPTIONS, "TYPE_STRING", [1])]
+    cfg["output"] = [
+        _tensor(contract.PIXELS, "TYPE_FP32", plan.pixel_dims),
+        _tensor(contract.PREPROCESS_MS, "TYPE_FP32", [1]),
+    ]
+    return parse(cfg)
+
+
+def matting_config(plan: ServingPlan) -> model_config_pb2.ModelConfig:
+    if plan.target is Target.GPU:
+        raise ModelError("the GPU target needs TensorRT; it is built by matteserve.build.gpu on a GPU machine")
+    cfg = _python_model(
+        contract.MATTING,
+        plan,
+        plan.matting_instances,
+        {"onnx": plan.onnx_filename, "threads": str(plan.matting_threads)},
+    )
+    cfg["input"] = [_tensor(contract.PIXELS, "TYPE_FP32", plan.pixel_dims)]
+    cfg["output"] = [_tensor(contract.ALPHA, "TYPE_UINT8", plan.alpha_dims)]
+    return parse(cfg)
+
+
+def postprocess_config(plan: ServingPlan) -> model_config_pb2.ModelConfig:
+    cfg = _python_model(contract.POSTPROCESS, plan, plan.postprocess_instances)
+    cfg["input"] = [
+        _tensor(contract.IMAGE, "TYPE_STRING", [1]),
+        _tensor(contract.OPTIONS, "TYPE_STRING", [1]),
+        _tensor(contract.ALPHA, "TYPE_UINT8", plan.alpha_dims),
+        _tensor(contract.PREPROCESS_MS, "TYPE_FP32", [1]),
+    ]
+    cfg["output"] = [_tensor(contract.RESULT, "TYPE_STRING", [1]), _tensor(contract.META, "TYPE_STRING", [1])]
+    return parse(cfg)
+
+
+def ensemble_config(plan: ServingPlan) -> model_config_pb2.ModelConfig:
+    """The original bytes feed both preprocess and postprocess, so no full-size pixels cross steps."""
+
+    def step(model: str, inputs: list[str], outputs: list[str]) -> dict[str, Any]:
+        return {
+            "model_name": model,
+            "model_version": -1,
+            "input_map": {n: n for n in inputs},
+            "output_map": {n: n for n in outputs},
+        }
+
+    cfg = {
+        "name": contract.ENSEMBLE,
+        "platform": "ensemble",
+        "max_batch_size": plan.max_batch_size,
+        "input": [_tensor(contract.IMAGE, "TYPE_STRING", [1]), _tensor(contract.OPTIONS, "TYPE_STRING", [1])],
+        "output": [_tensor(contract.RESULT, "TYPE_STRING", [1]), _tensor(contract.META, "TYPE_STRING", [1])],
+        "ensemble_scheduling": {
+            "step": [
+                step(
+                    contract.PREPROCESS, [contract.IMAGE, contract.OPTIONS], [contract.PIXELS, contract.PREPROCESS_MS]
+                ),
+                step(contract.MATTING, [contract.PIXELS], [contract.ALPHA]),
+                step(
+                    contract.POSTPROCESS,
+                    [contract.IMAGE, contract.OPTIONS, contract.ALPHA, contract.PREPROCESS_MS],
+                    [contract.RESULT, contract.META],
+                ),
+            ]
+        },
+    }
+    return parse(cfg)
+
+
+def parse(cfg: dict[str, Any]) -> model_config_pb2.ModelConfig:
+    return json_format.ParseDict(cfg, model_config_pb2.ModelConfig())
+
+
+def to_pbtxt(config: model_config_pb2.ModelConfig) -> str:
+    return text_format.MessageToString(config)
+
+
+def from_pbtxt(text: str) -> model_config_pb2.ModelConfig:
+    return text_format.Parse(text, model_config_pb2.ModelConfig())

@@ -1,0 +1,59 @@
+"""Write a complete Triton model repository from a plan and a prepared ONNX."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from matteserve.build import configs
+from matteserve.build.configs import ServingPlan
+from matteserve.model_repository import ADAPTERS
+
+from matteserve import __version__, contract
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "matteserve-build.json"
+
+
+def render(plan: ServingPlan) -> dict[str, str]:
+    """Model name -> config.pbtxt text, for the CPU target."""
+    return {
+        contract.PREPROCESS: configs.to_pbtxt(configs.preprocess_config(plan)),
+        contract.MATTING: configs.to_pbtxt(configs.matting_config(plan)),
+        contract.POSTPROCESS: configs.to_pbtxt(configs.postprocess_config(plan)),
+        contract.ENSEMBLE: configs.to_pbtxt(configs.ensemble_config(plan)),
+    }
+
+
+def write(plan: ServingPlan, onnx: Path, out: Path, manifest: dict[str, Any]) -> Path:
+    """Write the repository next to ``out`` and swap it in whole, so a failed build never leaves a
+    half-written repository that Triton would try to load."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for model, pbtxt in render(plan).items():
+            (staging / model / "1").mkdir(parents=True)
+            (staging / model / "config.pbtxt").write_text(pbtxt)
+            adapter = ADAPTERS / model / "1" / "model.py"
+            if adapter.is_file():
+                shutil.copy2(adapter, staging / model / "1" / "model.py")
+        shutil.copy2(onnx, staging / contract.MATTING / "1" / plan.onnx_filename)
+        (staging / MANIFEST).write_text(json.dumps({"matteserve": __version__, **manifest}, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("wrote the %s model repository to %s", plan.target.value, out)
+    return out
+
+
+def read_manifest(repository: Path) -> dict[str, Any] | None:
+    path = repository / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -1,0 +1,169 @@
+"""The ``matteserve`` command: build, serve, and (from the other packages) remove, loadtest, bench."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from matteserve import zoo
+from matteserve.build.configs import Target
+from matteserve.errors import MatteserveError
+from matteserve.paths import default_repository
+from matteserve.pipeline.decode import ImageLimits
+
+app = typer.Typer(
+    name="matteserve",
+    help="Background removal served by Triton Inference Server.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+logger = logging.getLogger("matteserve")
+
+
+class LogFormat(str, enum.Enum):
+    TEXT = "text"
+    JSON = "json"
+
+
+def setup_logging(verbose: bool = False, fmt: LogFormat = LogFormat.TEXT) -> None:
+    from matteserve.logs import configure
+
+    configure(logging.DEBUG if verbose else logging.INFO, json_format=fmt is LogFormat.JSON)
+
+
+def resolve_spec(
+    model: str,
+    onnx: Path | None,
+    input_size: str | None,
+    mean: str | None,
+    std: str | None,
+    scaling: zoo.Scaling | None,
+    output_index: int,
+    activation: zoo.Activation,
+    output_norm: zoo.OutputNorm,
+) -> zoo.ModelSpec:
+    """A zoo model, or a user ONNX described by the preprocessing options."""
+    if model in zoo.ZOO and input_size is None:
+        return zoo.get_spec(model)
+    if onnx is None or input_size is None or mean is None or std is None or scaling is None:
+        raise MatteserveError(
+            f"{model!r} is not in the zoo ({', '.join(sorted(zoo.ZOO))}); a custom model needs --onnx, "
+            "--input-size, --mean, --std and --scaling"
+        )
+    return zoo.custom_spec(model, input_size, mean, std, scaling, output_index, activation, output_norm)
+
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Zoo model name, or a name for --onnx.")]
+OnnxOpt = Annotated[Path | None, typer.Option(help="A local ONNX file (required for models without a download).")]
+SizeOpt = Annotated[str | None, typer.Option(help="Custom model input: 320, 1024x768 or short512/32.")]
+MeanOpt = Annotated[str | None, typer.Option(help="Custom model mean: one or three numbers, e.g. 0.485,0.456,0.406.")]
+StdOpt = Annotated[str | None, typer.Option(help="Custom model std: one or three numbers.")]
+ScalingOpt = Annotated[zoo.Scaling | None, typer.Option(help="Custom model pixel scaling before mean/std.")]
+OutIdxOpt = Annotated[int, typer.Option(help="Custom model: which output holds the matte.")]
+ActOpt = Annotated[zoo.Activation, typer.Option(help="Custom model: activation applied to the output.")]
+NormOpt = Annotated[zoo.OutputNorm, typer.Option(help="Custom model: min-max stretch or clip the output.")]
+TargetOpt = Annotated[Target, typer.Option(help="cpu: onnxruntime in Triton's python backend; gpu: TensorRT.")]
+MaxBatchOpt = Annotated[
+    int | None, typer.Option(help="Max batch size; by default measured on this machine (CPU target).")
+]
+MaxPixelsOpt = Annotated[int, typer.Option(help="Largest input accepted, in pixels.")]
+
+
+@app.command()
+def build(
+    model: ModelOpt = zoo.DEFAULT_MODEL,
+    out: Annotated[Path | None, typer.Option(help="Repository folder (default: in the cache).")] = None,
+    target: TargetOpt = Target.CPU,
+    onnx: OnnxOpt = None,
+    input_size: SizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    scaling: ScalingOpt = None,
+    output_index: OutIdxOpt = 0,
+    activation: ActOpt = zoo.Activation.NONE,
+    output_norm: NormOpt = zoo.OutputNorm.MIN_MAX,
+    max_batch_size: MaxBatchOpt = None,
+    max_pixels: MaxPixelsOpt = ImageLimits.max_pixels,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Fetch and prepare a matting model and write a complete Triton model repository."""
+    from matteserve.build.builder import build as build_repository
+
+    setup_logging(verbose)
+    spec = resolve_spec(model, onnx, input_size, mean, std, scaling, output_index, activation, output_norm)
+    path = build_repository(
+        spec,
+        out or default_repository(spec.name, target.value),
+        target=target,
+        onnx=onnx,
+        max_batch_size=max_batch_size,
+        limits=ImageLimits(max_pixels=max_pixels),
+    )
+    typer.echo(f"model repository: {path}")
+
+
+@app.command()
+def serve(
+    model: ModelOpt = zoo.DEFAULT_MODEL,
+    repository: Annotated[Path | None, typer.Option(help="Serve this repository instead of building one.")] = None,
+    rebuild: Annotated[bool, typer.Option(help="Rebuild the repository even if it exists.")] = False,
+    address: Annotated[str, typer.Option(help="Address Triton binds to.")] = "127.0.0.1",
+    http_port: Annotated[int, typer.Option(help="Triton HTTP port.")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="Triton gRPC port.")] = 8001,
+    metrics_port: Annotated[int, typer.Option(help="Triton metrics port.")] = 8002,
+    max_batch_size: MaxBatchOpt = None,
+    max_pixels: MaxPixelsOpt = ImageLimits.max_pixels,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Start Triton on the CPU default (building the model repository if missing) until Ctrl-C."""
+    from matteserve.build.builder import build as build_repository
+    from matteserve.build.repository import read_manifest
+    from matteserve.tritonserver import TritonConfig, TritonServer
+
+    setup_logging(verbose)
+    spec = zoo.get_spec(model)
+    repo = repository or default_repository(spec.name, Target.CPU.value)
+    if repository is None and (rebuild or read_manifest(repo) is None):
+        build_repository(spec, repo, max_batch_size=max_batch_size, limits=ImageLimits(max_pixels=max_pixels))
+    cfg = TritonConfig(repo, address=address, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    server = TritonServer(cfg, log_path=repo.parent / f"{repo.name}.triton.log")
+    typer.echo(f"starting Triton on {repo} (log: {server.log_path})")
+    server.start()
+    try:
+        typer.echo(f"Triton ready: gRPC {cfg.grpc_url}  HTTP {cfg.http_url}  metrics {cfg.metrics_url}")
+        typer.echo("Ctrl-C to stop")
+        while not stop.wait(1.0):
+            if server.process is None or server.process.poll() is not None:
+                raise MatteserveError(f"tritonserver exited; see {server.log_path}")
+    finally:
+        typer.echo("stopping")
+        server.stop()
+
+
+@app.command("models")
+def list_models() -> None:
+    """List the model zoo."""
+    for name, spec in sorted(zoo.ZOO.items()):
+        default = " (default)" if name == zoo.DEFAULT_MODEL else ""
+        typer.echo(f"{name:24} {spec.description}{default}")
+
+
+def main() -> None:
+    try:
+        app()
+    except MatteserveError as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

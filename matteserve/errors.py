@@ -1,0 +1,41 @@
+"""Typed exceptions: one root for everything matteserve raises on purpose.
+
+Each boundary (Triton python models, the gateway, the client) translates these into its own
+transport's errors in one place, with ``raise ... from e`` so the cause is kept.
+"""
+
+
+class MatteserveError(Exception):
+    """Root of every error matteserve raises on purpose."""
+
+
+class InvalidImage(MatteserveError):
+    """The bytes are not an image matteserve can serve (format, corruption, size or shape)."""
+
+
+class ImageTooLarge(InvalidImage):
+    """The image declares more pixels than the configured limit."""
+
+
+class InvalidOptions(MatteserveError):
+    """A per-request option is unknown or out of range."""
+
+
+class Overloaded(MatteserveError):
+    """The service has no room for the request right now; retry later."""
+
+
+class BackendUnavailable(MatteserveError):
+    """No inference backend could take the request."""
+
+
+class Timeout(MatteserveError):
+    """The request's deadline passed before it finished."""
+
+
+class Unauthenticated(MatteserveError):
+    """The caller's credentials are missing or wrong."""
+
+
+class ModelError(MatteserveError):
+    """A model file cannot be fetched, prepared or served; the message says what to do."""

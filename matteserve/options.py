@@ -1,0 +1,95 @@
+"""Per-request options: what the caller wants back.
+
+They travel through the Triton ensemble as one small JSON input (``OPTIONS``) so every output format
+is chosen per request without separate models. An empty value means the defaults.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from dataclasses import dataclass
+
+from matteserve.errors import InvalidOptions
+
+
+class OutputFormat(str, enum.Enum):
+    PNG = "png"  # RGBA cutout, straight (not premultiplied) alpha
+    MASK = "mask"  # grayscale PNG of the alpha
+    WEBP = "webp"  # lossy WebP with alpha
+    JPEG = "jpeg"  # composited over ``background``
+    RAW = "raw"  # the alpha as height*width UINT8 bytes, row-major
+
+
+CONTENT_TYPES = {
+    OutputFormat.PNG: "image/png",
+    OutputFormat.MASK: "image/png",
+    OutputFormat.WEBP: "image/webp",
+    OutputFormat.JPEG: "image/jpeg",
+    OutputFormat.RAW: "application/octet-stream",
+}
+
+_HEX_COLOUR = re.compile(r"#?([0-9a-fA-F]{6})")
+
+
+def parse_colour(text: str) -> tuple[int, int, int]:
+    """'#ffffff', 'ffffff' or '255,255,255' -> (r, g, b)."""
+    if m := _HEX_COLOUR.fullmatch(text.strip()):
+        value = int(m.group(1), 16)
+        return (value >> 16) & 255, (value >> 8) & 255, value & 255
+    parts = text.split(",")
+    if len(parts) == 3 and all(p.strip().isdigit() and int(p) <= 255 for p in parts):
+        return int(parts[0]), int(parts[1]), int(parts[2])
+    raise InvalidOptions(f"background must be '#rrggbb' or 'r,g,b' with values 0-255, got {text!r}")
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    format: OutputFormat = OutputFormat.PNG
+    background: tuple[int, int, int] = (255, 255, 255)
+    quality: int = 90
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.quality <= 100:
+            raise InvalidOptions(f"quality must be 1-100, got {self.quality}")
+
+    @property
+    def content_type(self) -> str:
+        return CONTENT_TYPES[self.format]
+
+    def to_json(self) -> bytes:
+        r, g, b = self.background
+        return json.dumps(
+            {"format": self.format.value, "background": f"#{r:02x}{g:02x}{b:02x}", "quality": self.quality}
+        ).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> RequestOptions:
+        if not raw.strip():
+            return cls()
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InvalidOptions(f"options must be a JSON object: {e}") from e
+        if not isinstance(data, dict):
+            raise InvalidOptions('options must be a JSON object such as {"format": "png"}')
+        unknown = sorted(set(data) - {"format", "background", "quality"})
+        if unknown:
+            raise InvalidOptions(f"unknown option(s) {unknown}; known: format, background, quality")
+        kwargs: dict[str, object] = {}
+        if "format" in data:
+            try:
+                kwargs["format"] = OutputFormat(data["format"])
+            except ValueError:
+                known = ", ".join(f.value for f in OutputFormat)
+                raise InvalidOptions(f"unknown format {data['format']!r}; known: {known}") from None
+        if "background" in data:
+            if not isinstance(data["background"], str):
+                raise InvalidOptions("background must be a string such as '#ffffff'")
+            kwargs["background"] = parse_colour(data["background"])
+        if "quality" in data:
+            if not isinstance(data["quality"], int) or isinstance(data["quality"], bool):
+                raise InvalidOptions(f"quality must be an integer 1-100, got {data['quality']!r}")
+            kwargs["quality"] = data["quality"]
+        return cls(**kwargs)  # type: ignore[arg-type]

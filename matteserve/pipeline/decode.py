@@ -1,0 +1,127 @@
+"""Decoding untrusted image bytes into oriented RGB, safely and no larger than needed."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from matteserve.errors import ImageTooLarge, InvalidImage
+
+# Only these decoders ever see caller bytes: Pillow can also open formats (EPS, PSD, ...) whose
+# decoders are not meant for untrusted input. MPO is how Pillow names many camera JPEGs.
+ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+
+# EXIF orientations 5-8 rotate by 90 degrees, so the stored width and height swap.
+_SWAPS_AXES = {5, 6, 7, 8}
+
+# Pillow's own bomb check would raise its own error type at 2x this; the limit below replaces it.
+Image.MAX_IMAGE_PIXELS = None
+Image.init()  # register every plugin so ALLOWED_FORMATS (MPO, WebP, TIFF) are all known
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What an input image may be. The defaults admit any real photo and reject bombs and slivers."""
+
+    max_pixels: int = 40_000_000
+    min_side: int = 16
+    max_aspect: float = 32.0
+
+    def __post_init__(self) -> None:
+        if self.max_pixels < 1 or self.min_side < 1 or self.max_aspect < 1:
+            raise ValueError("image limits must be positive (max_aspect >= 1)")
+
+
+def open_image(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Read only the header and check it against ``limits``; pixels are not decoded yet."""
+    if not data:
+        raise InvalidImage("the image is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "truncated EXIF": a bad tag must not abort the image
+            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except UnidentifiedImageError:
+        raise InvalidImage(
+            f"not a supported image ({len(data)} bytes starting {data[:8]!r}); send JPEG, PNG, WebP, BMP, TIFF or GIF"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InvalidImage(f"the image header is corrupt: {e}") from e
+    width, height = oriented_size(img)
+    check_size(width, height, limits)
+    return img
+
+
+def orientation(img: Image.Image) -> int:
+    try:
+        value = img.getexif().get(0x0112, 1)
+    except Exception:  # a malformed EXIF block is ignored, as browsers do
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def oriented_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) as the image is meant to be seen, after its EXIF orientation."""
+    w, h = img.size
+    return (h, w) if orientation(img) in _SWAPS_AXES else (w, h)
+
+
+def check_size(width: int, height: int, limits: ImageLimits) -> None:
+    pixels = width * height
+    if pixels > limits.max_pixels:
+        raise ImageTooLarge(
+            f"the image is {width}x{height} = {pixels / 1e6:.1f} MP, above the {limits.max_pixels / 1e6:.1f} MP limit"
+        )
+    if min(width, height) < limits.min_side:
+        raise InvalidImage(
+            f"the image is {width}x{height}; both sides must be at least {limits.min_side} px to find a subject"
+        )
+    if max(width, height) / min(width, height) > limits.max_aspect:
+        raise InvalidImage(
+            f"the image is {width}x{height}, an aspect ratio above {limits.max_aspect:g}:1; "
+            "crop it into parts before removing the background"
+        )
+
+
+def decode_rgb(img: Image.Image, min_size: tuple[int, int] | None = None) -> Image.Image:
+    """Decode to an oriented RGB image.
+
+    With ``min_size`` (width, height) a JPEG is decoded at a reduced DCT scale that is still at least
+    that large, which halves decode time when only the model input is needed.
+    """
+    if min_size is not None and img.format in ("JPEG", "MPO"):
+        want_w, want_h = min_size
+        if orientation(img) in _SWAPS_AXES:
+            want_w, want_h = want_h, want_w
+        img.draft("RGB", (want_w, want_h))
+    try:
+        img.seek(0)  # first frame of a GIF, TIFF or MPO
+        img.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise InvalidImage(f"the image data is truncated or corrupt: {e}") from e
+    ImageOps.exif_transpose(img, in_place=True)
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB; 16- and 32-bit greys are scaled, not clipped."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I;16") or img.mode == "I":
+        # Pillow's own I;16 -> L conversion clips at 255; scale the full 16-bit range instead.
+        grey = (np.asarray(img).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if img.mode == "F":
+        grey = np.asarray(img).clip(0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        return img.convert("RGBA").convert("RGB")
+    return img.convert("RGB")
+
+
+def decode(data: bytes, limits: ImageLimits, min_size: tuple[int, int] | None = None) -> Image.Image:
+    """Untrusted bytes -> oriented RGB image, checked against ``limits`` before any pixel is decoded."""
+    return decode_rgb(open_image(data, limits), min_size)

@@ -1,0 +1,91 @@
+"""The three serving stages as plain functions over bytes and arrays.
+
+Triton's python models (``model_repository/*/1/model.py``) and the in-process pipeline both call
+these, so what is served and what is tested as the reference are the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from matteserve.options import RequestOptions
+from matteserve.pipeline import decode, output, tensor
+from matteserve.zoo import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+# JPEGs are DCT-decoded at a reduced scale no smaller than this multiple of the model input, so the
+# model's LANCZOS resize still sees enough pixels to match a full decode closely.
+DRAFT_HEADROOM = 2
+
+
+def preprocess(data: bytes, raw_options: bytes, spec: ModelSpec, limits: decode.ImageLimits) -> np.ndarray:
+    """Image bytes -> the model's normalised 3xHxW float32 input. Options are validated here, before
+    any model time is spent on a request that would fail later."""
+    RequestOptions.from_json(raw_options)
+    img = decode.open_image(data, limits)
+    size = decode.oriented_size(img)
+    model_w, model_h = spec.input_size(*size)
+    rgb = decode.decode_rgb(img, min_size=(model_w * DRAFT_HEADROOM, model_h * DRAFT_HEADROOM))
+    return tensor.normalise(tensor.resize_for_model(rgb, spec, size), spec)
+
+
+@dataclass(frozen=True)
+class Result:
+    data: bytes
+    content_type: str
+    width: int
+    height: int
+
+
+def postprocess(data: bytes, raw_options: bytes, alpha: np.ndarray, limits: decode.ImageLimits) -> Result:
+    """The model's alpha (HxW uint8) + the original bytes -> the encoded result at the original size."""
+    options = RequestOptions.from_json(raw_options)
+    img = decode.open_image(data, limits)
+    size = decode.oriented_size(img)
+    rgb = decode.decode_rgb(img) if output.needs_pixels(options.format) else None
+    mask = output.upsample_alpha(alpha, size)
+    return Result(output.encode(mask, rgb, options), options.content_type, size[0], size[1])
+
+
+class MattingRunner:
+    """Runs a matting ONNX with onnxruntime on batches of preprocessed inputs."""
+
+    def __init__(self, onnx_path: Path, spec: ModelSpec, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.spec = spec
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Inputs of one shape (3xHxW each) -> one HxW uint8 alpha each, in one model call."""
+        batch = np.stack(inputs) if len(inputs) > 1 else inputs[0][None]
+        predictions = tensor.select_output(self.session.run(None, {self.input_name: batch}), self.spec)
+        return [tensor.finalise_alpha(p, self.spec) for p in predictions]
+
+    def run_grouped(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Like :meth:`run` for inputs of mixed shapes (size-rule models): one call per shape."""
+        results: list[np.ndarray | None] = [None] * len(inputs)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, x in enumerate(inputs):
+            by_shape.setdefault(x.shape, []).append(i)
+        for indices in by_shape.values():
+            for i, alpha in zip(indices, self.run([inputs[i] for i in indices]), strict=True):
+                results[i] = alpha
+        return [r for r in results if r is not None]
+
+
+def elapsed_ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0

@@ -1,0 +1,186 @@
+"""Run the real Triton Inference Server from the ``nvidia-pytriton`` wheel.
+
+The wheel carries ``tritonserver``, its python backend and one python-backend stub per CPython
+version. The stub embeds the system ``libpython3.X``; the backend folder is assembled once with the
+stub for the running Python, and this environment's site-packages is made visible to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matteserve
+from matteserve.errors import BackendUnavailable
+from matteserve.paths import cache_dir
+
+logger = logging.getLogger(__name__)
+
+# Images cross the python backend's shared memory: 1 MB by default, far too small for photos.
+SHM_DEFAULT_BYTES = 64 * 1024 * 1024
+SHM_GROWTH_BYTES = 64 * 1024 * 1024
+
+
+def _wheel_root() -> Path:
+    try:
+        import pytriton
+    except ImportError as e:
+        raise BackendUnavailable(
+            "the Triton server comes from the nvidia-pytriton wheel: pip install matteserve"
+        ) from e
+    return Path(pytriton.__file__).parent / "tritonserver"
+
+
+def _libs_dir() -> Path:
+    return _wheel_root().parent.parent / "nvidia_pytriton.libs"
+
+
+def backend_directory() -> Path:
+    """A backends folder whose python backend has the stub for this Python next to it."""
+    root = _wheel_root()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise BackendUnavailable(f"the Triton wheel has no python backend stub for Python {version}")
+    target = cache_dir() / "triton" / f"backends-py{version}"
+    python = target / "python"
+    marker = python / ".source"
+    if not (marker.is_file() and marker.read_text() == str(root)):
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(root / "backends" / "python", python, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(stub, python / "triton_python_backend_stub")
+        marker.write_text(str(root))
+    return target
+
+
+@dataclass
+class TritonConfig:
+    repository: Path
+    address: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    log_verbose: int = 0
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.address}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.address}:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.address}:{self.metrics_port}/metrics"
+
+
+def command(cfg: TritonConfig) -> list[str]:
+    shm = f"shm-default-byte-size={SHM_DEFAULT_BYTES}"
+    growth = f"shm-growth-byte-size={SHM_GROWTH_BYTES}"
+    return [
+        str(_wheel_root() / "bin" / "tritonserver"),
+        f"--model-repository={cfg.repository}",
+        f"--backend-directory={backend_directory()}",
+        f"--backend-config=python,{shm}",
+        f"--backend-config=python,{growth}",
+        f"--http-address={cfg.address}",
+        f"--http-port={cfg.http_port}",
+        f"--grpc-address={cfg.address}",
+        f"--grpc-port={cfg.grpc_port}",
+        f"--metrics-address={cfg.address}",
+        f"--metrics-port={cfg.metrics_port}",
+        "--allow-gpu-metrics=false",
+        "--metrics-config=histogram_latencies=true",
+        "--strict-readiness=true",
+        "--exit-on-error=true",
+        f"--log-verbose={cfg.log_verbose}",
+        *cfg.extra_args,
+    ]
+
+
+def environment() -> dict[str, str]:
+    """The stub runs the system libpython; it needs this environment's packages and matteserve."""
+    env = dict(os.environ)
+    package_root = Path(matteserve.__file__).resolve().parent.parent
+    paths = [str(package_root), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(_libs_dir()), env.get("LD_LIBRARY_PATH")]))
+    # One model instance must not spawn a thread per core for numpy/BLAS on top of onnxruntime's pool.
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+class TritonServer:
+    """A tritonserver process: start, wait until ready, stop (SIGINT, then SIGKILL)."""
+
+    def __init__(self, cfg: TritonConfig, log_path: Path | None = None) -> None:
+        self.cfg = cfg
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 180.0) -> TritonServer:
+        log = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
+        logger.info("starting Triton: %s", " ".join(command(self.cfg)))
+        self.process = subprocess.Popen(
+            command(self.cfg), env=environment(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.wait_ready(timeout)
+        return self
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.cfg.http_url}/v2/health/ready", timeout=2) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise BackendUnavailable(
+                    f"tritonserver exited with code {self.process.returncode} while loading"
+                    + (f"; see {self.log_path}" if self.log_path else "")
+                )
+            if self.is_ready():
+                return
+            time.sleep(0.25)
+        self.stop()
+        raise BackendUnavailable(f"tritonserver was not ready within {timeout:.0f} s")
+
+    def stop(self, grace: float = 20.0) -> None:
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def kill(self) -> None:
+        """Hard stop, as a crash would look to clients."""
+        proc, self.process = self.process, None
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def __enter__(self) -> TritonServer:
+        return self.start() if self.process is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,26 @@
+"""Triton adapter for the CPU target: the matting ONNX in onnxruntime, on the whole batch at once."""
+
+import json
+from pathlib import Path
+
+import triton_python_backend_utils as pb_utils
+
+from matteserve.stages import MattingRunner
+from matteserve.triton_adapter import error_response, parameters, spec_and_limits
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = parameters(config)
+        self.spec, _ = spec_and_limits(config)
+        onnx_path = Path(args["model_repository"]) / args["model_version"] / params["onnx"]
+        self.runner = MattingRunner(onnx_path, self.spec, threads=int(params["threads"]))
+
+    def execute(self, requests):
+        inputs = [pb_utils.get_input_tensor_by_name(r, "PIXELS").as_numpy()[0] for r in requests]
+        try:
+            alphas = self.runner.run_grouped(inputs)
+        except Exception as e:
+            return [error_response(pb_utils, e, "matting") for _ in requests]
+        return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("ALPHA", a[None])]) for a in alphas]

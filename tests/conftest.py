@@ -1,0 +1,115 @@
+"""Shared fixtures: real photos, a built model repository and a real Triton server on free ports."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matteserve.build.builder import build
+from PIL import Image
+
+from matteserve.tritonserver import TritonConfig, TritonServer
+from matteserve.zoo import get_spec
+
+# Max batch for the test repository: fixed, so that batching is exercised whatever the tuner would
+# pick on this machine.
+TEST_MAX_BATCH = 4
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def jpeg_bytes(img: Image.Image | np.ndarray, quality: int = 90, **save: object) -> bytes:
+    if isinstance(img, np.ndarray):
+        img = Image.fromarray(img)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality, **save)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def photo_arrays() -> dict[str, np.ndarray]:
+    """Real photos shipped with scikit-image, as HxWx3 uint8."""
+    import skimage.data
+
+    return {
+        "astronaut": skimage.data.astronaut(),
+        "chelsea": skimage.data.chelsea(),
+        "coffee": skimage.data.coffee(),
+        "rocket": skimage.data.rocket(),
+    }
+
+
+@pytest.fixture(scope="session")
+def photos(photo_arrays: dict[str, np.ndarray]) -> dict[str, bytes]:
+    return {name: jpeg_bytes(arr) for name, arr in photo_arrays.items()}
+
+
+@pytest.fixture(scope="session")
+def make_photo(photo_arrays: dict[str, np.ndarray]) -> Callable[[int, int], bytes]:
+    """A photo-like JPEG of any size (a real photo resized)."""
+
+    def make(width: int, height: int, name: str = "astronaut") -> bytes:
+        return jpeg_bytes(Image.fromarray(photo_arrays[name]).resize((width, height), Image.Resampling.BICUBIC))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Downloads are shared with the user's cache (the u2netp wheel); builds go to a temp folder."""
+    return tmp_path_factory.mktemp("matteserve")
+
+
+@pytest.fixture(scope="session")
+def repository(cache_root: Path) -> Path:
+    return build(get_spec("u2netp"), cache_root / "repo-cpu", max_batch_size=TEST_MAX_BATCH, queue_delay_us=20_000)
+
+
+def start_triton(repository: Path, log_dir: Path) -> TritonServer:
+    cfg = TritonConfig(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    return TritonServer(cfg, log_path=log_dir / f"triton-{cfg.grpc_port}.log").start()
+
+
+@pytest.fixture(scope="session")
+def triton(repository: Path, cache_root: Path) -> Iterator[TritonServer]:
+    server = start_triton(repository, cache_root)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def triton_infer(triton: TritonServer) -> Callable[..., tuple[bytes, dict[str, object]]]:
+    """Call the ensemble directly with tritonclient: (image bytes, options) -> (result, meta)."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(triton.cfg.grpc_url)
+
+    def infer(image: bytes, options: dict[str, object] | None = None) -> tuple[bytes, dict[str, object]]:
+        inputs = []
+        for name, value in (("IMAGE", image), ("OPTIONS", json.dumps(options or {}).encode())):
+            tensor = grpcclient.InferInput(name, [1, 1], "BYTES")
+            tensor.set_data_from_numpy(np.array([[value]], dtype=np.object_))
+            inputs.append(tensor)
+        result = client.infer("remove_background", inputs, client_timeout=120)
+        return result.as_numpy("RESULT")[0, 0], json.loads(result.as_numpy("META")[0, 0])
+
+    return infer
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)
+
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
