@@ -94,6 +94,11 @@ def batch_parity(path: Path, spec: ModelSpec, batch: int = 3, seed: int = 0) -> 
     except Exception as e:
         raise ModelError(f"{spec.name}: the model does not run with a batch of {batch}: {e}") from e
     singles = np.concatenate([session.run([out_name], {inp.name: x[i : i + 1]})[0] for i in range(batch)])
+    if batched.shape != singles.shape:
+        raise ModelError(
+            f"{spec.name}: a batch of {batch} gives output shape {batched.shape}, not {singles.shape}; the graph "
+            "hard-codes batch 1 (e.g. in a Reshape), so it cannot be served with dynamic batching"
+        )
     return float(np.abs(batched - singles).max())
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from matteserve.errors import ModelError
 
@@ -99,8 +99,9 @@ class ModelSpec:
     output_index: int = 0
     activation: Activation = Activation.NONE
     output_norm: OutputNorm = OutputNorm.MIN_MAX
-    weights: WeightsSource | None = None
-    description: str = ""
+    # Where the file comes from does not change how it is served: specs compare by preprocessing.
+    weights: WeightsSource | None = field(default=None, compare=False)
+    description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", self.name):

@@ -12,15 +12,16 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from matteserve.errors import ImageTooLarge, InvalidImage
 
 # Only these decoders ever see caller bytes: Pillow can also open formats (EPS, PSD, ...) whose
-# decoders are not meant for untrusted input. MPO is how Pillow names many camera JPEGs.
-ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+# decoders are not meant for untrusted input. (Camera JPEGs that Pillow reports as MPO open through
+# the JPEG decoder.)
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 
 # EXIF orientations 5-8 rotate by 90 degrees, so the stored width and height swap.
 _SWAPS_AXES = {5, 6, 7, 8}
 
 # Pillow's own bomb check would raise its own error type at 2x this; the limit below replaces it.
 Image.MAX_IMAGE_PIXELS = None
-Image.init()  # register every plugin so ALLOWED_FORMATS (MPO, WebP, TIFF) are all known
+Image.init()  # register every plugin so ALLOWED_FORMATS (WebP, TIFF) are all known
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,109 @@
+"""Upsampling the alpha and every output format: each decodes back to the right size and mode."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from matteserve.errors import InvalidOptions
+from matteserve.options import OutputFormat, RequestOptions, parse_colour
+from matteserve.pipeline.output import encode, needs_pixels, upsample_alpha
+
+SIZE = (200, 120)
+
+
+def scene() -> tuple[Image.Image, Image.Image]:
+    rgb = Image.new("RGB", SIZE, (200, 30, 30))
+    alpha = np.zeros((64, 64), dtype=np.uint8)
+    alpha[:, 32:] = 255  # right half is foreground
+    return rgb, upsample_alpha(alpha, SIZE)
+
+
+def test_upsample_alpha_to_the_original_size() -> None:
+    mask = upsample_alpha(np.full((320, 320), 7, np.uint8), (1024, 683))
+    assert mask.mode == "L"
+    assert mask.size == (1024, 683)
+    assert np.asarray(mask).min() == 7 == np.asarray(mask).max()
+
+
+def test_png_cutout_is_rgba_with_straight_alpha() -> None:
+    rgb, mask = scene()
+    out = Image.open(io.BytesIO(encode(mask, rgb, RequestOptions(OutputFormat.PNG))))
+    assert out.format == "PNG"
+    assert out.mode == "RGBA"
+    assert out.size == SIZE
+    arr = np.asarray(out)
+    assert arr[60, 10, 3] == 0
+    assert arr[60, 190, 3] == 255
+    # Colour is kept even where transparent (not premultiplied).
+    assert tuple(arr[60, 10, :3]) == (200, 30, 30)
+
+
+def test_mask_is_a_grayscale_png() -> None:
+    rgb, mask = scene()
+    out = Image.open(io.BytesIO(encode(mask, None, RequestOptions(OutputFormat.MASK))))
+    assert (out.format, out.mode, out.size) == ("PNG", "L", SIZE)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(mask))
+
+
+def test_webp_keeps_the_alpha() -> None:
+    rgb, mask = scene()
+    out = Image.open(io.BytesIO(encode(mask, rgb, RequestOptions(OutputFormat.WEBP, quality=80))))
+    assert (out.format, out.mode, out.size) == ("WEBP", "RGBA", SIZE)
+    alpha = np.asarray(out)[:, :, 3]
+    assert alpha[60, 10] < 10
+    assert alpha[60, 190] > 245
+
+
+def test_jpeg_is_composited_over_the_background_colour() -> None:
+    rgb, mask = scene()
+    out = Image.open(io.BytesIO(encode(mask, rgb, RequestOptions(OutputFormat.JPEG, background=(0, 0, 255)))))
+    assert (out.format, out.mode, out.size) == ("JPEG", "RGB", SIZE)
+    arr = np.asarray(out).astype(int)
+    assert np.abs(arr[60, 10] - [0, 0, 255]).max() < 12  # background shows where alpha is 0
+    assert np.abs(arr[60, 190] - [200, 30, 30]).max() < 12  # subject where alpha is 255
+
+
+def test_raw_is_height_times_width_alpha_bytes() -> None:
+    _, mask = scene()
+    raw = encode(mask, None, RequestOptions(OutputFormat.RAW))
+    assert len(raw) == SIZE[0] * SIZE[1]
+    np.testing.assert_array_equal(np.frombuffer(raw, np.uint8).reshape(SIZE[1], SIZE[0]), np.asarray(mask))
+
+
+def test_only_composited_formats_need_the_original_pixels() -> None:
+    assert {f for f in OutputFormat if needs_pixels(f)} == {OutputFormat.PNG, OutputFormat.WEBP, OutputFormat.JPEG}
+
+
+def test_options_round_trip_through_json() -> None:
+    opts = RequestOptions(OutputFormat.JPEG, background=(1, 2, 3), quality=70)
+    assert RequestOptions.from_json(opts.to_json()) == opts
+    assert RequestOptions.from_json(b"") == RequestOptions()
+    assert RequestOptions.from_json(b"{}") == RequestOptions()
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b'{"format": "gif"}', "unknown format 'gif'"),
+        (b'{"colour": "red"}', "unknown option"),
+        (b'{"quality": 0}', "quality must be 1-100"),
+        (b'{"quality": "high"}', "quality must be an integer"),
+        (b'{"background": "red"}', "background must be"),
+        (b"not json", "must be a JSON object"),
+        (b"[1, 2]", "must be a JSON object"),
+    ],
+)
+def test_bad_options_say_what_was_wrong(raw: bytes, message: str) -> None:
+    with pytest.raises(InvalidOptions, match=message):
+        RequestOptions.from_json(raw)
+
+
+def test_colours_in_hex_or_decimal() -> None:
+    assert parse_colour("#ff8000") == (255, 128, 0)
+    assert parse_colour("10,20,30") == (10, 20, 30)
+    with pytest.raises(InvalidOptions):
+        parse_colour("300,0,0")
