@@ -10,7 +10,6 @@ from typing import Any
 
 from matteserve.build import onnx_prep, repository, tuning, weights
 from matteserve.build.configs import ServingPlan, Target
-
 from matteserve.errors import ModelError
 from matteserve.pipeline.decode import ImageLimits
 from matteserve.zoo import ModelSpec

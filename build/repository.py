@@ -9,11 +9,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from matteserve import __version__, contract
 from matteserve.build import configs
 from matteserve.build.configs import ServingPlan
 from matteserve.model_repository import ADAPTERS
-
-from matteserve import __version__, contract
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,10 @@ from matteserve.zoo import ModelSpec
 logger = logging.getLogger(__name__)
 
 # JPEGs are DCT-decoded at a reduced scale no smaller than this multiple of the model input, so the
-# model's LANCZOS resize still sees enough pixels to match a full decode closely.
-DRAFT_HEADROOM = 2
+# model's LANCZOS resize still sees enough pixels to match a full decode closely (at 1.0 the served
+# matte drifted up to 5/255 on average from rembg's on some photos; at 1.5 it stays within 0.1/255 of
+# a full decode's drift) while a 1024 px photo decodes at half scale.
+DRAFT_HEADROOM = 1.5
 
 
 def preprocess(data: bytes, raw_options: bytes, spec: ModelSpec, limits: decode.ImageLimits) -> np.ndarray:
@@ -32,7 +34,7 @@ def preprocess(data: bytes, raw_options: bytes, spec: ModelSpec, limits: decode.
     img = decode.open_image(data, limits)
     size = decode.oriented_size(img)
     model_w, model_h = spec.input_size(*size)
-    rgb = decode.decode_rgb(img, min_size=(model_w * DRAFT_HEADROOM, model_h * DRAFT_HEADROOM))
+    rgb = decode.decode_rgb(img, min_size=(int(model_w * DRAFT_HEADROOM), int(model_h * DRAFT_HEADROOM)))
     return tensor.normalise(tensor.resize_for_model(rgb, spec, size), spec)
 
 

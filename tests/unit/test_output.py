@@ -43,7 +43,7 @@ def test_png_cutout_is_rgba_with_straight_alpha() -> None:
 
 
 def test_mask_is_a_grayscale_png() -> None:
-    rgb, mask = scene()
+    _, mask = scene()
     out = Image.open(io.BytesIO(encode(mask, None, RequestOptions(OutputFormat.MASK))))
     assert (out.format, out.mode, out.size) == ("PNG", "L", SIZE)
     np.testing.assert_array_equal(np.asarray(out), np.asarray(mask))
