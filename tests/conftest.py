@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from matteserve.build.builder import build
 from PIL import Image
 
+from matteserve.build.builder import build
 from matteserve.tritonserver import TritonConfig, TritonServer
 from matteserve.zoo import get_spec
 
