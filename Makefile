@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages the stack needs: the python stub embeds the system libpython; venv support.
-APT_PACKAGES := libpython3.11 python3-venv
+# libb64-0d: perf_analyzer (make perf-analyzer) links it.
+APT_PACKAGES := libpython3.11 python3-venv libb64-0d
 
-.PHONY: help system-deps install serve test lint typecheck unit integration clean
+.PHONY: help system-deps install serve test lint typecheck unit integration perf-analyzer clean
 
 help:
 	@echo "make serve  - build the default model and start Triton on 127.0.0.1 (Ctrl-C stops)"
@@ -46,6 +47,11 @@ integration: install
 
 test: lint typecheck
 	$(BIN)/pytest || [ $$? -eq 5 ]  # 5: no tests collected is not a failure
+
+# Triton's perf_analyzer, from the tritonclient 2.51.0 wheel (pip download --no-deps, only the binary
+# extracted: the project's newer tritonclient stays) plus its libcudart.so.12 in an isolated folder.
+perf-analyzer: install
+	$(BIN)/python -m matteserve.loadtest.perf_analyzer
 
 clean:
 	rm -rf $(VENV) .mypy_tree .mypy_cache .pytest_cache .ruff_cache

@@ -14,6 +14,7 @@ import typer
 from matteserve import zoo
 from matteserve.build.configs import Target
 from matteserve.errors import MatteserveError
+from matteserve.loadtest.cli import loadtest
 from matteserve.paths import default_repository
 from matteserve.pipeline.decode import ImageLimits
 
@@ -155,6 +156,9 @@ def list_models() -> None:
     for name, spec in sorted(zoo.ZOO.items()):
         default = " (default)" if name == zoo.DEFAULT_MODEL else ""
         typer.echo(f"{name:24} {spec.description}{default}")
+
+
+app.command("loadtest")(loadtest)
 
 
 def main() -> None:
