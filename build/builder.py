@@ -51,6 +51,7 @@ def build(
             "source": str(source),
             "source_sha256": weights.file_digest(source),
             "max_batch_size": plan.max_batch_size,
+            "limits": asdict(plan.limits),
             "batch_parity_max_diff": prepared.batch_parity_max_diff,
             "batch_measurements": [asdict(m) for m in measurements],
             "spec": spec.to_dict(),

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +15,19 @@ from matteserve import __version__, contract
 from matteserve.build import configs
 from matteserve.build.configs import ServingPlan
 from matteserve.model_repository import ADAPTERS
+from matteserve.pipeline.decode import ImageLimits
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "matteserve-build.json"
+
+
+def adapters_digest() -> str:
+    """A digest of the python-backend adapters, so a repository built by older code is noticed."""
+    digest = hashlib.sha256()
+    for path in sorted(ADAPTERS.glob("*/1/model.py")):
+        digest.update(path.relative_to(ADAPTERS).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def render(plan: ServingPlan) -> dict[str, str]:
@@ -42,7 +53,8 @@ def write(plan: ServingPlan, onnx: Path, out: Path, manifest: dict[str, Any]) ->
             if adapter.is_file():
                 shutil.copy2(adapter, staging / model / "1" / "model.py")
         shutil.copy2(onnx, staging / contract.MATTING / "1" / plan.onnx_filename)
-        (staging / MANIFEST).write_text(json.dumps({"matteserve": __version__, **manifest}, indent=2) + "\n")
+        stamp = {"matteserve": __version__, "adapters_sha256": adapters_digest(), **manifest}
+        (staging / MANIFEST).write_text(json.dumps(stamp, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
@@ -56,3 +68,14 @@ def write(plan: ServingPlan, onnx: Path, out: Path, manifest: dict[str, Any]) ->
 def read_manifest(repository: Path) -> dict[str, Any] | None:
     path = repository / MANIFEST
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def is_current(repository: Path, limits: ImageLimits | None = None, max_batch_size: int | None = None) -> bool:
+    """Whether ``repository`` was built by this matteserve's adapters, with these limits and (when
+    given) this max batch size."""
+    manifest = read_manifest(repository)
+    if manifest is None or manifest.get("adapters_sha256") != adapters_digest():
+        return False
+    if limits is not None and manifest.get("limits") != asdict(limits):
+        return False
+    return max_batch_size is None or manifest.get("max_batch_size") == max_batch_size

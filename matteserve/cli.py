@@ -124,14 +124,15 @@ def serve(
 ) -> None:
     """Start Triton on the CPU default (building the model repository if missing) until Ctrl-C."""
     from matteserve.build.builder import build as build_repository
-    from matteserve.build.repository import read_manifest
+    from matteserve.build.repository import is_current
     from matteserve.tritonserver import TritonConfig, TritonServer
 
     setup_logging(verbose)
     spec = zoo.get_spec(model)
     repo = repository or default_repository(spec.name, Target.CPU.value)
-    if repository is None and (rebuild or read_manifest(repo) is None):
-        build_repository(spec, repo, max_batch_size=max_batch_size, limits=ImageLimits(max_pixels=max_pixels))
+    limits = ImageLimits(max_pixels=max_pixels)
+    if repository is None and (rebuild or not is_current(repo, limits, max_batch_size)):
+        build_repository(spec, repo, max_batch_size=max_batch_size, limits=limits)
     cfg = TritonConfig(repo, address=address, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
