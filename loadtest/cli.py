@@ -153,3 +153,41 @@ def loadtest(
     report.print()
     for path in report.write_all(out):
         typer.echo(f"wrote {path}")
+
+
+def bench(
+    sizes: Annotated[str, typer.Option(help="Square JPEG sizes in px.")] = "1024,2048",
+    seconds: Annotated[float, typer.Option(help="Seconds per measurement (the model-only ones take half).")] = 20.0,
+    concurrency: Annotated[str, typer.Option(help="End-to-end concurrencies tried; the best is kept.")] = "4,8",
+    count: Annotated[int, typer.Option(help="Distinct photos per size.")] = 4,
+    repository: Annotated[
+        Path | None, typer.Option(help="Model repository to serve (default: the u2netp CPU build, built if missing).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Folder for bench.json and bench.png.")] = Path("bench-results"),
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Compare matteserve end to end with the model-only ceiling and rembg's remove(), in one run."""
+    from matteserve.build.builder import build as build_repository
+    from matteserve.build.repository import read_manifest
+    from matteserve.cli import setup_logging
+    from matteserve.loadtest.bench import run_bench
+    from matteserve.paths import default_repository
+    from matteserve.zoo import DEFAULT_MODEL, get_spec
+
+    setup_logging(verbose)
+    if repository is None:
+        repository = default_repository(DEFAULT_MODEL, "cpu")
+        if read_manifest(repository) is None:
+            build_repository(get_spec(DEFAULT_MODEL), repository)
+    out.mkdir(parents=True, exist_ok=True)
+    report = run_bench(
+        repository,
+        [int(x) for x in parse_loads(sizes)],
+        seconds,
+        [int(x) for x in parse_loads(concurrency)],
+        count,
+        log_dir=out,
+    )
+    report.print()
+    for path in (report.write_json(out / "bench.json"), report.write_chart(out / "bench.png")):
+        typer.echo(f"wrote {path}")

@@ -14,7 +14,7 @@ import typer
 from matteserve import zoo
 from matteserve.build.configs import Target
 from matteserve.errors import MatteserveError
-from matteserve.loadtest.cli import loadtest
+from matteserve.loadtest.cli import bench, loadtest
 from matteserve.paths import default_repository
 from matteserve.pipeline.decode import ImageLimits
 
@@ -160,6 +160,7 @@ def list_models() -> None:
 
 
 app.command("loadtest")(loadtest)
+app.command("bench")(bench)
 
 
 def main() -> None:

