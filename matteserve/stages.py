@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import ImageChops
 
 from matteserve.options import RequestOptions
 from matteserve.pipeline import decode, output, tensor
@@ -51,8 +52,13 @@ def postprocess(data: bytes, raw_options: bytes, alpha: np.ndarray, limits: deco
     options = RequestOptions.from_json(raw_options)
     img = decode.open_image(data, limits)
     size = decode.oriented_size(img)
-    rgb = decode.decode_rgb(img) if output.needs_pixels(options.format) else None
+    rgb = source_alpha = None
+    if output.needs_pixels(options.format) or decode.has_alpha(img):
+        rgb, source_alpha = decode.decode_with_alpha(img)
     mask = output.upsample_alpha(alpha, size)
+    if source_alpha is not None:
+        # What was already transparent in the input stays transparent in the result.
+        mask = ImageChops.multiply(mask, source_alpha)
     return Result(output.encode(mask, rgb, options), options.content_type, size[0], size[1])
 
 

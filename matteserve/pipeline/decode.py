@@ -98,13 +98,31 @@ def decode_rgb(img: Image.Image, min_size: tuple[int, int] | None = None) -> Ima
         if orientation(img) in _SWAPS_AXES:
             want_w, want_h = want_h, want_w
         img.draft("RGB", (want_w, want_h))
+    _load_oriented(img)
+    return to_rgb(img)
+
+
+def _load_oriented(img: Image.Image) -> None:
     try:
         img.seek(0)  # first frame of a GIF, TIFF or MPO
         img.load()
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise InvalidImage(f"the image data is truncated or corrupt: {e}") from e
     ImageOps.exif_transpose(img, in_place=True)
-    return to_rgb(img)
+
+
+def has_alpha(img: Image.Image) -> bool:
+    """Whether the image carries its own transparency (an alpha band or a transparent colour)."""
+    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+
+
+def decode_with_alpha(img: Image.Image) -> tuple[Image.Image, Image.Image | None]:
+    """Full-size oriented RGB, and the image's own alpha as an 'L' image where it has one."""
+    _load_oriented(img)
+    if not has_alpha(img):
+        return to_rgb(img), None
+    rgba = img if img.mode == "RGBA" else img.convert("RGBA")
+    return rgba.convert("RGB"), rgba.getchannel("A")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from matteserve.errors import ImageTooLarge, InvalidImage
-from matteserve.pipeline.decode import ImageLimits, decode, open_image, oriented_size
+from matteserve.pipeline.decode import ImageLimits, decode, decode_with_alpha, open_image, oriented_size
 
 LIMITS = ImageLimits()
 
@@ -157,3 +157,18 @@ def test_tiny_image_is_rejected() -> None:
 def test_sliver_is_rejected() -> None:
     with pytest.raises(InvalidImage, match="aspect ratio"):
         decode(png_header_only(20000, 50), LIMITS)
+
+
+def test_own_transparency_is_returned_with_the_pixels() -> None:
+    img = gradient().convert("RGBA")
+    img.putalpha(Image.new("L", img.size, 0).point(lambda _: 77))
+    rgb, alpha = decode_with_alpha(open_image(encode(img, "PNG"), LIMITS))
+    assert rgb.mode == "RGB"
+    assert alpha is not None
+    assert np.asarray(alpha).min() == 77 == np.asarray(alpha).max()
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+def test_opaque_images_have_no_alpha(mode: str) -> None:
+    data = encode(gradient().convert(mode), "TIFF")
+    assert decode_with_alpha(open_image(data, LIMITS))[1] is None
