@@ -16,7 +16,7 @@ from rich.progress import Progress
 
 from matteserve.errors import MatteserveError
 from matteserve.loadtest import images, perf_analyzer, sweep
-from matteserve.loadtest.report import CrossCheck, LoadTestReport
+from matteserve.loadtest.report import CrossCheck, LoadTestReport, RunRecord
 from matteserve.loadtest.runner import Bounds, Target
 from matteserve.loadtest.schedule import Arrival
 from matteserve.loadtest.targets import TritonTarget, check_loopback
@@ -53,30 +53,44 @@ async def run_loadtest(
     plan: sweep.SweepPlan,
     report: LoadTestReport,
     triton_metrics_url: str | None,
+    after_run: Callable[[RunRecord], None] | None = None,
 ) -> LoadTestReport:
     target = make_target()  # inside the event loop: a gRPC aio channel belongs to the loop that made it
     report.target = target.name
     try:
         with Progress(transient=True) as progress:
-            task = progress.add_task(
-                f"{plan.mode.value} loop {', '.join(f'{x:g}' for x in plan.loads)}", total=len(plan.loads)
-            )
-            await sweep.sweep(target, inputs, plan, report, triton_metrics_url, lambda _: progress.advance(task))
+            loads = ", ".join(f"{x:g}" for x in plan.loads)
+            task = progress.add_task(f"{plan.mode.value} loop {loads}", total=len(plan.loads))
+
+            def done(record: RunRecord) -> None:
+                if after_run is not None:
+                    after_run(record)
+                progress.advance(task)
+
+            await sweep.sweep(target, inputs, plan, report, triton_metrics_url, done)
     finally:
         await target.close()
     return report
 
 
-def cross_check(
-    report: LoadTestReport, grpc_url: str, inputs: list[bytes], options: bytes, out: Path, measurement_s: float
-) -> None:
-    """Run perf_analyzer at each closed-loop concurrency of the report and attach the comparison."""
-    for record in report.runs:
+def cross_checker(
+    grpc_url: str, inputs: list[bytes], options: bytes, out: Path, seconds: float
+) -> Callable[[RunRecord], None]:
+    """Run perf_analyzer right after each closed-loop run, at its concurrency, for about as long, so
+    both tools see the machine in the same state."""
+    perf_analyzer.check()
+
+    def check(record: RunRecord) -> None:
         concurrency = int(record.summary.load)
-        result = perf_analyzer.run(
-            grpc_url, inputs, options, concurrency, out, measurement_ms=max(1000, int(measurement_s * 1000))
+        # perf_analyzer needs at least three stable windows; it reports the mean of the last three.
+        window_ms = max(1000, int(seconds * 1000 / 3))
+        result = perf_analyzer.run(grpc_url, inputs, options, concurrency, out, measurement_ms=window_ms)
+        s = record.summary
+        record.cross_check = CrossCheck(
+            concurrency, s.throughput_rps, result.throughput_rps, s.latency.p50_ms, result.p50_ms
         )
-        record.cross_check = CrossCheck(concurrency, record.summary.throughput_rps, result.throughput_rps)
+
+    return check
 
 
 def loadtest(
@@ -147,9 +161,8 @@ def loadtest(
         "timeout_s": timeout,
     }
     report = LoadTestReport(f"{target.value} {address}", described, output_format.value, settings)
-    asyncio.run(run_loadtest(make_target, inputs, plan, report, triton_metrics or None))
-    if perf_analyzer_check:
-        cross_check(report, address, inputs, options, out, duration / 3)
+    checker = cross_checker(address, inputs, options, out, duration) if perf_analyzer_check else None
+    asyncio.run(run_loadtest(make_target, inputs, plan, report, triton_metrics or None, checker))
     report.print()
     for path in report.write_all(out):
         typer.echo(f"wrote {path}")

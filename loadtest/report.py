@@ -21,21 +21,41 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CrossCheck:
-    """perf_analyzer's throughput at the same concurrency against the same server."""
+    """perf_analyzer's throughput at the same concurrency against the same server, run right after."""
 
     concurrency: int
     loadtest_rps: float
     perf_analyzer_rps: float
+    loadtest_p50_ms: float
+    perf_analyzer_p50_ms: float
     tolerance: float = 0.10
 
     @property
     def difference(self) -> float:
         """Relative to the larger of the two, so it is symmetric."""
-        return abs(self.loadtest_rps - self.perf_analyzer_rps) / max(self.loadtest_rps, self.perf_analyzer_rps, 1e-9)
+        return _relative_difference(self.loadtest_rps, self.perf_analyzer_rps)
 
     @property
     def agrees(self) -> bool:
         return self.difference <= self.tolerance
+
+    @property
+    def explanation(self) -> str:
+        if self.agrees:
+            return "the two tools agree"
+        if _relative_difference(self.loadtest_p50_ms, self.perf_analyzer_p50_ms) <= self.tolerance:
+            return (
+                "the medians agree, so the requests cost the same to both tools: the throughputs part in the tail, "
+                "i.e. something else took the CPU during one of the runs; rerun with the machine quiet"
+            )
+        return (
+            "the medians differ too: the server was not in the same state for both runs (other load, a cold "
+            "cache) or the runs were too short for a stable figure; rerun longer with the machine quiet"
+        )
+
+
+def _relative_difference(a: float, b: float) -> float:
+    return abs(a - b) / max(a, b, 1e-9)
 
 
 @dataclass
@@ -62,7 +82,11 @@ class LoadTestReport:
         def record(r: RunRecord) -> dict[str, Any]:
             out = dataclasses.asdict(r)
             if r.cross_check is not None:
-                out["cross_check"] |= {"difference": r.cross_check.difference, "agrees": r.cross_check.agrees}
+                out["cross_check"] |= {
+                    "difference": r.cross_check.difference,
+                    "agrees": r.cross_check.agrees,
+                    "explanation": r.cross_check.explanation,
+                }
             return out
 
         return {
@@ -178,7 +202,8 @@ class LoadTestReport:
                 verdict = "agree" if c.agrees else "DISAGREE"
                 console.print(
                     f"perf_analyzer at concurrency {c.concurrency}: {c.perf_analyzer_rps:.2f} req/s vs loadtest "
-                    f"{c.loadtest_rps:.2f} req/s: {c.difference:.1%} apart, {verdict} (tolerance {c.tolerance:.0%})"
+                    f"{c.loadtest_rps:.2f} req/s: {c.difference:.1%} apart, {verdict} (tolerance {c.tolerance:.0%}); "
+                    f"medians {c.perf_analyzer_p50_ms:.0f} vs {c.loadtest_p50_ms:.0f} ms: {c.explanation}"
                 )
 
     def _print_triton(self, console: Console) -> None:

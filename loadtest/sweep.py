@@ -51,10 +51,10 @@ async def sweep(
     plan: SweepPlan,
     report: LoadTestReport,
     triton_metrics_url: str | None = None,
-    on_done: Callable[[float], None] | None = None,
+    on_done: Callable[[RunRecord], None] | None = None,
 ) -> LoadTestReport:
     """Run every load of the plan in order, appending one record per run to ``report`` and calling
-    ``on_done(load)`` after each."""
+    ``on_done(record)`` after each (before the next load starts)."""
     for load in plan.loads:
         before = triton_metrics.scrape(triton_metrics_url) if triton_metrics_url else None
         result = await run_one(target, inputs, plan, load)
@@ -72,5 +72,5 @@ async def sweep(
         breakdown = triton_metrics.breakdown(before, after) if before is not None and after is not None else []
         report.runs.append(RunRecord(summary, breakdown))
         if on_done is not None:
-            on_done(load)
+            on_done(report.runs[-1])
     return report

@@ -68,7 +68,8 @@ def sample_report() -> LoadTestReport:
         samples = [Sample(i * 0.1, i * 0.1, i * 0.1 + lat, "OK") for i in range(20)]
         samples.append(Sample(1.0, 1.0, 1.01, "INVALID_ARGUMENT"))
         summary = RunSummary.of("closed", c, samples, 0.0, 20 / rps)
-        report.runs.append(RunRecord(summary, rows, CrossCheck(c, summary.throughput_rps, rps * 1.05)))
+        check = CrossCheck(c, summary.throughput_rps, rps * 1.05, summary.latency.p50_ms, summary.latency.p50_ms)
+        report.runs.append(RunRecord(summary, rows, check))
     return report
 
 
@@ -126,10 +127,16 @@ def test_plot_is_a_valid_png(tmp_path: Path) -> None:
 
 
 def test_cross_check_agreement_is_symmetric_and_uses_the_tolerance() -> None:
-    assert CrossCheck(2, 10.0, 9.1).agrees
-    assert CrossCheck(2, 9.1, 10.0).agrees
-    assert not CrossCheck(2, 10.0, 8.9).agrees
-    assert CrossCheck(2, 10.0, 8.9).difference == pytest.approx(CrossCheck(2, 8.9, 10.0).difference)
+    assert CrossCheck(2, 10.0, 9.1, 200, 200).agrees
+    assert CrossCheck(2, 9.1, 10.0, 200, 200).agrees
+    assert not CrossCheck(2, 10.0, 8.9, 200, 200).agrees
+    assert CrossCheck(2, 10.0, 8.9, 1, 1).difference == pytest.approx(CrossCheck(2, 8.9, 10.0, 1, 1).difference)
+
+
+def test_a_disagreement_comes_with_the_likely_reason() -> None:
+    assert CrossCheck(2, 10.0, 9.5, 200, 210).explanation == "the two tools agree"
+    assert "tail" in CrossCheck(1, 2.3, 3.0, 320, 325).explanation
+    assert "medians differ" in CrossCheck(1, 2.3, 3.0, 320, 450).explanation
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1:8001", "localhost:50051", "[::1]:8001", "127.0.0.2:1"])
