@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import ImageChops
 
-from matteserve.options import RequestOptions
+from matteserve.options import OutputFormat, RequestOptions
 from matteserve.pipeline import decode, output, tensor
 from matteserve.zoo import ModelSpec
 
@@ -48,18 +48,31 @@ class Result:
 
 
 def postprocess(data: bytes, raw_options: bytes, alpha: np.ndarray, limits: decode.ImageLimits) -> Result:
-    """The model's alpha (HxW uint8) + the original bytes -> the encoded result at the original size."""
+    """The model's alpha (HxW uint8) + the original bytes -> the encoded result at the original size.
+
+    What was already transparent in the input stays transparent: the matte is multiplied by the
+    input's own alpha where it has one (product shots often arrive already cut out).
+    """
     options = RequestOptions.from_json(raw_options)
     img = decode.open_image(data, limits)
     size = decode.oriented_size(img)
-    rgb = source_alpha = None
-    if output.needs_pixels(options.format) or decode.has_alpha(img):
-        rgb, source_alpha = decode.decode_with_alpha(img)
     mask = output.upsample_alpha(alpha, size)
+    fmt = options.format
+    if fmt in (OutputFormat.PNG, OutputFormat.WEBP):
+        rgba = decode.decode_rgba(img, data)
+        matte = np.asarray(mask)
+        if decode.has_alpha(img):
+            matte = ((matte.astype(np.uint16) * rgba[:, :, 3] + 127) // 255).astype(np.uint8)
+        rgba[:, :, 3] = matte
+        return Result(output.encode_cutout(rgba, options), options.content_type, *size)
+    rgb = source_alpha = None
+    if fmt is OutputFormat.JPEG or decode.has_alpha(img):
+        rgb, source_alpha = decode.decode_with_alpha(img)
     if source_alpha is not None:
-        # What was already transparent in the input stays transparent in the result.
         mask = ImageChops.multiply(mask, source_alpha)
-    return Result(output.encode(mask, rgb, options), options.content_type, size[0], size[1])
+    if rgb is not None and fmt is OutputFormat.JPEG:
+        return Result(output.encode_composite(mask, rgb, options), options.content_type, *size)
+    return Result(output.encode_matte(mask, options), options.content_type, *size)
 
 
 class MattingRunner:

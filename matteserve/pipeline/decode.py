@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from matteserve.errors import ImageTooLarge, InvalidImage
@@ -114,6 +116,38 @@ def _load_oriented(img: Image.Image) -> None:
 def has_alpha(img: Image.Image) -> bool:
     """Whether the image carries its own transparency (an alpha band or a transparent colour)."""
     return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+
+
+# EXIF orientation -> the numpy view that shows the stored pixels upright (as ImageOps.exif_transpose).
+_ORIENT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def decode_rgba(img: Image.Image, data: bytes) -> np.ndarray:
+    """Full-size oriented pixels as a writable HxWx4 uint8 array; channel 3 holds the image's own
+    alpha (255 where it has none), ready for the matte to be written into it.
+
+    Colour JPEGs, most of the traffic, decode with libjpeg-turbo straight into RGBA (simplejpeg): no
+    RGB -> RGBA conversion and no copy out of Pillow, about a third of the cutout's cost.
+    """
+    if img.format in ("JPEG", "MPO") and img.mode in ("RGB", "L"):
+        try:
+            rgba = simplejpeg.decode_jpeg(data, colorspace="RGBA")
+        except ValueError as e:
+            raise InvalidImage(f"the image data is truncated or corrupt: {e}") from e
+        turn = _ORIENT.get(orientation(img))
+        return np.ascontiguousarray(turn(rgba)) if turn else rgba
+    _load_oriented(img)
+    if has_alpha(img):
+        return np.array(img.convert("RGBA"))
+    return np.array(to_rgb(img).convert("RGBA"))
 
 
 def decode_with_alpha(img: Image.Image) -> tuple[Image.Image, Image.Image | None]:

@@ -19,32 +19,31 @@ def upsample_alpha(alpha: np.ndarray, size: tuple[int, int]) -> Image.Image:
     return mask
 
 
-def needs_pixels(fmt: OutputFormat) -> bool:
-    """Whether the output uses the original's pixels (otherwise only its size)."""
-    return fmt in (OutputFormat.PNG, OutputFormat.WEBP, OutputFormat.JPEG)
+def encode_cutout(rgba: np.ndarray, options: RequestOptions) -> bytes:
+    """HxWx4 uint8 with the final matte in channel 3 -> a PNG (fpng, straight alpha) or a WebP."""
+    if options.format is OutputFormat.PNG:
+        return fpng.from_ndarray(rgba)
+    if options.format is OutputFormat.WEBP:
+        buf = io.BytesIO()
+        Image.fromarray(rgba, "RGBA").save(buf, "WEBP", quality=options.quality, method=0)
+        return buf.getvalue()
+    raise ValueError(f"{options.format.value} is not a cutout format")
 
 
-def encode(mask: Image.Image, rgb: Image.Image | None, options: RequestOptions) -> bytes:
-    """Encode the result; ``rgb`` (the oriented original) is needed when :func:`needs_pixels`."""
-    fmt = options.format
-    if fmt is OutputFormat.RAW:
+def encode_matte(mask: Image.Image, options: RequestOptions) -> bytes:
+    """The matte alone: a grayscale PNG, or raw height*width bytes."""
+    if options.format is OutputFormat.RAW:
         return mask.tobytes()
-    if fmt is OutputFormat.MASK:
+    if options.format is OutputFormat.MASK:
         buf = io.BytesIO()
         mask.save(buf, "PNG", compress_level=1)
         return buf.getvalue()
-    if rgb is None:
-        raise ValueError(f"format {fmt.value} needs the original pixels")
-    if fmt is OutputFormat.JPEG:
-        background = Image.new("RGB", rgb.size, options.background)
-        buf = io.BytesIO()
-        Image.composite(rgb, background, mask).save(buf, "JPEG", quality=options.quality)
-        return buf.getvalue()
-    # Straight alpha: the colour channels stay as they were, the matte goes into A.
-    rgba = rgb.copy() if rgb.readonly else rgb
-    rgba.putalpha(mask)
-    if fmt is OutputFormat.PNG:
-        return fpng.from_pil(rgba)
+    raise ValueError(f"{options.format.value} is not a matte format")
+
+
+def encode_composite(mask: Image.Image, rgb: Image.Image, options: RequestOptions) -> bytes:
+    """The subject over ``options.background`` as a JPEG."""
+    background = Image.new("RGB", rgb.size, options.background)
     buf = io.BytesIO()
-    rgba.save(buf, "WEBP", quality=options.quality, method=0)
+    Image.composite(rgb, background, mask).save(buf, "JPEG", quality=options.quality)
     return buf.getvalue()

@@ -9,7 +9,14 @@ import pytest
 from PIL import Image
 
 from matteserve.errors import ImageTooLarge, InvalidImage
-from matteserve.pipeline.decode import ImageLimits, decode, decode_with_alpha, open_image, oriented_size
+from matteserve.pipeline.decode import (
+    ImageLimits,
+    decode,
+    decode_rgba,
+    decode_with_alpha,
+    open_image,
+    oriented_size,
+)
 
 LIMITS = ImageLimits()
 
@@ -172,3 +179,31 @@ def test_own_transparency_is_returned_with_the_pixels() -> None:
 def test_opaque_images_have_no_alpha(mode: str) -> None:
     data = encode(gradient().convert(mode), "TIFF")
     assert decode_with_alpha(open_image(data, LIMITS))[1] is None
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_rgba_decode_orients_exactly_like_pillow(orientation: int) -> None:
+    data = with_orientation(gradient(64, 48), orientation)
+    expected = np.asarray(decode(data, LIMITS))
+    rgba = decode_rgba(open_image(data, LIMITS), data)
+    assert rgba.flags.writeable
+    assert rgba.flags.c_contiguous
+    # libjpeg-turbo straight to RGBA versus Pillow's libjpeg-turbo to RGB: the same decoder.
+    assert np.abs(rgba[:, :, :3].astype(int) - expected).max() <= 2
+    assert (rgba[:, :, 3] == 255).all()
+
+
+@pytest.mark.parametrize(("mode", "fmt"), [("L", "JPEG"), ("CMYK", "JPEG"), ("RGB", "PNG"), ("P", "GIF")])
+def test_rgba_decode_of_other_jpegs_and_formats(mode: str, fmt: str) -> None:
+    data = encode(gradient().convert(mode), fmt)
+    expected = np.asarray(decode(data, LIMITS)).astype(int)
+    rgba = decode_rgba(open_image(data, LIMITS), data)
+    assert rgba.shape == (48, 64, 4)
+    assert np.abs(rgba[:, :, :3].astype(int) - expected).max() <= 2
+
+
+def test_rgba_decode_keeps_the_images_own_alpha() -> None:
+    img = gradient().convert("RGBA")
+    img.putalpha(40)
+    data = encode(img, "PNG")
+    assert (decode_rgba(open_image(data, LIMITS), data)[:, :, 3] == 40).all()

@@ -10,7 +10,7 @@ from PIL import Image
 
 from matteserve.errors import InvalidOptions
 from matteserve.options import OutputFormat, RequestOptions, parse_colour
-from matteserve.pipeline.output import encode, needs_pixels, upsample_alpha
+from matteserve.pipeline.output import encode_composite, encode_cutout, encode_matte, upsample_alpha
 
 SIZE = (200, 120)
 
@@ -22,6 +22,10 @@ def scene() -> tuple[Image.Image, Image.Image]:
     return rgb, upsample_alpha(alpha, SIZE)
 
 
+def rgba_of(rgb: Image.Image, mask: Image.Image) -> np.ndarray:
+    return np.dstack([np.asarray(rgb), np.asarray(mask)])
+
+
 def test_upsample_alpha_to_the_original_size() -> None:
     mask = upsample_alpha(np.full((320, 320), 7, np.uint8), (1024, 683))
     assert mask.mode == "L"
@@ -31,7 +35,7 @@ def test_upsample_alpha_to_the_original_size() -> None:
 
 def test_png_cutout_is_rgba_with_straight_alpha() -> None:
     rgb, mask = scene()
-    out = Image.open(io.BytesIO(encode(mask, rgb, RequestOptions(OutputFormat.PNG))))
+    out = Image.open(io.BytesIO(encode_cutout(rgba_of(rgb, mask), RequestOptions(OutputFormat.PNG))))
     assert out.format == "PNG"
     assert out.mode == "RGBA"
     assert out.size == SIZE
@@ -44,14 +48,14 @@ def test_png_cutout_is_rgba_with_straight_alpha() -> None:
 
 def test_mask_is_a_grayscale_png() -> None:
     _, mask = scene()
-    out = Image.open(io.BytesIO(encode(mask, None, RequestOptions(OutputFormat.MASK))))
+    out = Image.open(io.BytesIO(encode_matte(mask, RequestOptions(OutputFormat.MASK))))
     assert (out.format, out.mode, out.size) == ("PNG", "L", SIZE)
     np.testing.assert_array_equal(np.asarray(out), np.asarray(mask))
 
 
 def test_webp_keeps_the_alpha() -> None:
     rgb, mask = scene()
-    out = Image.open(io.BytesIO(encode(mask, rgb, RequestOptions(OutputFormat.WEBP, quality=80))))
+    out = Image.open(io.BytesIO(encode_cutout(rgba_of(rgb, mask), RequestOptions(OutputFormat.WEBP, quality=80))))
     assert (out.format, out.mode, out.size) == ("WEBP", "RGBA", SIZE)
     alpha = np.asarray(out)[:, :, 3]
     assert alpha[60, 10] < 10
@@ -60,7 +64,8 @@ def test_webp_keeps_the_alpha() -> None:
 
 def test_jpeg_is_composited_over_the_background_colour() -> None:
     rgb, mask = scene()
-    out = Image.open(io.BytesIO(encode(mask, rgb, RequestOptions(OutputFormat.JPEG, background=(0, 0, 255)))))
+    data = encode_composite(mask, rgb, RequestOptions(OutputFormat.JPEG, background=(0, 0, 255)))
+    out = Image.open(io.BytesIO(data))
     assert (out.format, out.mode, out.size) == ("JPEG", "RGB", SIZE)
     arr = np.asarray(out).astype(int)
     assert np.abs(arr[60, 10] - [0, 0, 255]).max() < 12  # background shows where alpha is 0
@@ -69,13 +74,17 @@ def test_jpeg_is_composited_over_the_background_colour() -> None:
 
 def test_raw_is_height_times_width_alpha_bytes() -> None:
     _, mask = scene()
-    raw = encode(mask, None, RequestOptions(OutputFormat.RAW))
+    raw = encode_matte(mask, RequestOptions(OutputFormat.RAW))
     assert len(raw) == SIZE[0] * SIZE[1]
     np.testing.assert_array_equal(np.frombuffer(raw, np.uint8).reshape(SIZE[1], SIZE[0]), np.asarray(mask))
 
 
-def test_only_composited_formats_need_the_original_pixels() -> None:
-    assert {f for f in OutputFormat if needs_pixels(f)} == {OutputFormat.PNG, OutputFormat.WEBP, OutputFormat.JPEG}
+def test_each_encoder_refuses_the_other_formats() -> None:
+    rgb, mask = scene()
+    with pytest.raises(ValueError, match="not a cutout format"):
+        encode_cutout(rgba_of(rgb, mask), RequestOptions(OutputFormat.MASK))
+    with pytest.raises(ValueError, match="not a matte format"):
+        encode_matte(mask, RequestOptions(OutputFormat.PNG))
 
 
 def test_options_round_trip_through_json() -> None:
