@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # libb64-0d: perf_analyzer (make perf-analyzer) links it.
 APT_PACKAGES := libpython3.11 python3-venv libb64-0d
 
-.PHONY: help system-deps install serve test lint typecheck unit integration perf-analyzer clean
+.PHONY: help system-deps install proto serve test lint typecheck unit integration perf-analyzer clean
 
 help:
 	@echo "make serve  - build the default model and start Triton on 127.0.0.1 (Ctrl-C stops)"
@@ -27,7 +27,14 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-install: $(BIN)/.installed
+# The gateway's gRPC stubs are generated, never committed.
+PROTO_STUBS := gateway/v1/matteserve_pb2.py gateway/v1/matteserve_pb2_grpc.py gateway/v1/matteserve_pb2.pyi
+$(PROTO_STUBS) &: gateway/proto/matteserve/v1/matteserve.proto gateway/protogen.py $(BIN)/.installed
+	$(BIN)/python gateway/protogen.py
+
+proto: $(PROTO_STUBS)
+
+install: $(BIN)/.installed proto
 
 serve: install
 	$(BIN)/matteserve serve

@@ -13,6 +13,7 @@ import typer
 
 from matteserve import zoo
 from matteserve.build.configs import Target
+from matteserve.client.remove_cli import remove
 from matteserve.errors import MatteserveError
 from matteserve.loadtest.cli import bench, loadtest
 from matteserve.paths import default_repository
@@ -118,13 +119,21 @@ def serve(
     http_port: Annotated[int, typer.Option(help="Triton HTTP port.")] = 8000,
     grpc_port: Annotated[int, typer.Option(help="Triton gRPC port.")] = 8001,
     metrics_port: Annotated[int, typer.Option(help="Triton metrics port.")] = 8002,
+    gateway_address: Annotated[str, typer.Option(help="Address the gRPC gateway binds to.")] = "127.0.0.1",
+    gateway_port: Annotated[int, typer.Option(help="Gateway gRPC port (matteserve.v1 API).")] = 50051,
+    gateway_metrics_port: Annotated[int, typer.Option(help="Gateway Prometheus port.")] = 8090,
+    api_keys_file: Annotated[
+        Path | None, typer.Option(help="Gateway API key hashes; required to bind beyond loopback.")
+    ] = None,
     max_batch_size: MaxBatchOpt = None,
     max_pixels: MaxPixelsOpt = ImageLimits.max_pixels,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Start Triton on the CPU default (building the model repository if missing) until Ctrl-C."""
+    """Start Triton on the CPU default (building the model repository if missing) and the gRPC gateway
+    in front of it, until Ctrl-C."""
     from matteserve.build.builder import build as build_repository
     from matteserve.build.repository import is_current
+    from matteserve.gateway import GatewayConfig, GatewayProcess
     from matteserve.tritonserver import TritonConfig, TritonServer
 
     setup_logging(verbose)
@@ -140,14 +149,30 @@ def serve(
     server = TritonServer(cfg, log_path=repo.parent / f"{repo.name}.triton.log")
     typer.echo(f"starting Triton on {repo} (log: {server.log_path})")
     server.start()
+    gateway_cfg = GatewayConfig(
+        tritons=(cfg.grpc_url,),
+        host=gateway_address,
+        port=gateway_port,
+        metrics_host=gateway_address,
+        metrics_port=gateway_metrics_port,
+        max_pixels=max_pixels,
+        api_keys_file=api_keys_file,
+    )
+    gateway = GatewayProcess(gateway_cfg, log_path=repo.parent / f"{repo.name}.gateway.log")
     try:
         typer.echo(f"Triton ready: gRPC {cfg.grpc_url}  HTTP {cfg.http_url}  metrics {cfg.metrics_url}")
+        gateway.start()
+        typer.echo(f"gateway ready: gRPC {gateway_cfg.address}  metrics {gateway_cfg.metrics_url}")
+        typer.echo(f"  (log: {gateway.log_path})")
         typer.echo("Ctrl-C to stop")
         while not stop.wait(1.0):
             if server.process is None or server.process.poll() is not None:
                 raise MatteserveError(f"tritonserver exited; see {server.log_path}")
+            if gateway.process is None or gateway.process.poll() is not None:
+                raise MatteserveError(f"the gateway exited; see {gateway.log_path}")
     finally:
         typer.echo("stopping")
+        gateway.stop()
         server.stop()
 
 
@@ -159,6 +184,7 @@ def list_models() -> None:
         typer.echo(f"{name:24} {spec.description}{default}")
 
 
+app.command("remove")(remove)
 app.command("loadtest")(loadtest)
 app.command("bench")(bench)
 

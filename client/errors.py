@@ -1,0 +1,74 @@
+"""What a matteserve client raises: one type per gRPC status a caller handles differently.
+
+Each is also the core error it means (``Overloaded`` is a ``matteserve.errors.Overloaded``), so code
+that catches core errors keeps working; all are ``MatteserveError``.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from matteserve import errors
+
+
+class RemoteError(errors.MatteserveError):
+    """The gateway answered with an error status."""
+
+    def __init__(self, message: str, code: grpc.StatusCode, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        rid = f" (request {self.request_id})" if self.request_id else ""
+        return f"{self.code.name}: {self.args[0]}{rid}"
+
+
+class InvalidRequest(RemoteError):
+    """The image or the options were rejected (INVALID_ARGUMENT); sending it again will not help."""
+
+
+class Overloaded(RemoteError, errors.Overloaded):
+    """RESOURCE_EXHAUSTED: the service is full, or the message is too large for it."""
+
+
+class BackendUnavailable(RemoteError, errors.BackendUnavailable):
+    """UNAVAILABLE: the gateway or every Triton behind it is down."""
+
+
+class Timeout(RemoteError, errors.Timeout):
+    """DEADLINE_EXCEEDED."""
+
+
+class Unauthenticated(RemoteError, errors.Unauthenticated):
+    """UNAUTHENTICATED or PERMISSION_DENIED: the API key is missing or wrong."""
+
+
+class ServerError(RemoteError):
+    """Any other status (INTERNAL, UNKNOWN, ...)."""
+
+
+_BY_CODE: dict[grpc.StatusCode, type[RemoteError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,
+    grpc.StatusCode.UNAVAILABLE: BackendUnavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: Timeout,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: Unauthenticated,
+}
+
+# Worth sending again after a pause: nothing was wrong with the request itself.
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+
+
+def from_status(code: grpc.StatusCode, message: str, request_id: str | None = None) -> RemoteError:
+    return _BY_CODE.get(code, ServerError)(message, code, request_id)
+
+
+def from_rpc_error(e: grpc.RpcError) -> RemoteError:
+    """A grpc.RpcError (sync or aio) -> the typed error; the request id comes from trailing metadata."""
+    code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
+    details = (e.details() if hasattr(e, "details") else None) or str(e)
+    trailing = e.trailing_metadata() if hasattr(e, "trailing_metadata") else None
+    rid = next((str(v) for k, v in trailing or () if k == "x-request-id"), None)
+    return from_status(code, details, rid)

@@ -1,0 +1,200 @@
+"""The Triton endpoints behind a gateway: health-checked, least-loaded first, retried elsewhere.
+
+A request goes to the ready endpoint with the fewest requests in flight (ties rotate). If that
+endpoint is UNAVAILABLE the request goes to another ready endpoint within the caller's deadline, and
+the endpoint is probed at once; nothing is dropped without an error going back to the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc.aio as tritongrpc
+from tritonclient.utils import InferenceServerException
+
+from matteserve import contract
+from matteserve.errors import BackendUnavailable, InvalidOptions, Timeout
+from matteserve.gateway.metrics import GatewayMetrics
+from matteserve.gateway.status import code_of, from_triton
+
+logger = logging.getLogger(__name__)
+
+PROBE_TIMEOUT_S = 2.0
+# gRPC's default reconnect backoff grows to 120 s: a restarted Triton would sit unused for minutes.
+CHANNEL_ARGS: list[tuple[str, Any]] = [
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+]
+
+
+@dataclass
+class Endpoint:
+    url: str
+    client: tritongrpc.InferenceServerClient
+    ready: bool = False
+    model: str | None = None  # the matting model it serves, read from its preprocess config
+    in_flight: int = 0
+
+
+@dataclass(frozen=True)
+class TritonResult:
+    data: bytes
+    meta: dict[str, Any]
+    endpoint: str
+    model: str
+    seconds: float
+
+
+@dataclass
+class TritonPool:
+    urls: tuple[str, ...]
+    metrics: GatewayMetrics
+    health_interval_s: float = 1.0
+    on_readiness: Callable[[bool], None] = lambda ready: None
+    endpoints: list[Endpoint] = field(init=False)
+    _turn: itertools.count[int] = field(init=False, default_factory=itertools.count)
+    _tasks: set[asyncio.Task[None]] = field(init=False, default_factory=set)
+    _any_ready: bool | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.endpoints = [
+            Endpoint(url, tritongrpc.InferenceServerClient(url, channel_args=CHANNEL_ARGS)) for url in self.urls
+        ]
+        for ep in self.endpoints:
+            self.metrics.endpoint_up.labels(ep.url).set(0)
+
+    async def start(self) -> None:
+        await self.probe_all()
+        self._spawn(self._health_loop())
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(ep.client.close() for ep in self.endpoints), return_exceptions=True)
+
+    @property
+    def models(self) -> set[str]:
+        return {ep.model for ep in self.endpoints if ep.model is not None}
+
+    async def infer(
+        self, image: bytes, options: bytes, model: str | None, deadline: float, request_id: str
+    ) -> TritonResult:
+        """Run the ensemble on the best ready endpoint; on UNAVAILABLE try the others before ``deadline``."""
+        tried: list[Endpoint] = []
+        failure: BackendUnavailable | None = None
+        while True:
+            ep = self._pick(model, tried)
+            if ep is None:
+                raise failure or self._nothing_ready(model)
+            if failure is not None:
+                self.metrics.retries.labels(tried[-1].url).inc()
+            tried.append(ep)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Timeout("the deadline passed before Triton could be called")
+            try:
+                return await self._call(ep, image, options, remaining, request_id)
+            except BackendUnavailable as e:
+                logger.warning("%s; trying another endpoint", e, extra={"request_id": request_id})
+                failure = e
+                self._suspect(ep)
+
+    def _pick(self, model: str | None, tried: list[Endpoint]) -> Endpoint | None:
+        candidates = [
+            ep for ep in self.endpoints if ep.ready and ep not in tried and (model is None or ep.model == model)
+        ]
+        if not candidates:
+            return None
+        turn = next(self._turn)
+        least = min(ep.in_flight for ep in candidates)
+        best = [ep for ep in candidates if ep.in_flight == least]
+        return best[turn % len(best)]
+
+    def _nothing_ready(self, model: str | None) -> Exception:
+        known = self.models
+        if model is not None and known and model not in known and all(ep.model for ep in self.endpoints):
+            return InvalidOptions(f"unknown model {model!r}; this gateway serves: {', '.join(sorted(known))}")
+        which = f" for model {model!r}" if model else ""
+        return BackendUnavailable(f"no Triton endpoint{which} is ready ({len(self.endpoints)} configured)")
+
+    async def _call(self, ep: Endpoint, image: bytes, options: bytes, timeout: float, request_id: str) -> TritonResult:
+        inputs = []
+        for name, value in ((contract.IMAGE, image), (contract.OPTIONS, options)):
+            tensor = tritongrpc.InferInput(name, [1, 1], "BYTES")
+            tensor.set_data_from_numpy(np.array([[value]], dtype=np.object_))
+            inputs.append(tensor)
+        ep.in_flight += 1
+        start = time.perf_counter()
+        try:
+            result = await ep.client.infer(contract.ENSEMBLE, inputs, request_id=request_id, client_timeout=timeout)
+        except InferenceServerException as e:
+            error = from_triton(e, ep.url)
+            self.metrics.triton_errors.labels(ep.url, code_of(error).name).inc()
+            raise error from e
+        finally:
+            ep.in_flight -= 1
+            seconds = time.perf_counter() - start
+        self.metrics.triton_duration.labels(ep.url).observe(seconds)
+        data = result.as_numpy(contract.RESULT)[0, 0]
+        meta = json.loads(result.as_numpy(contract.META)[0, 0])
+        return TritonResult(bytes(data), meta, ep.url, ep.model or "", seconds)
+
+    def _suspect(self, ep: Endpoint) -> None:
+        """Take the endpoint out of rotation now and probe it at once; a healthy one comes straight back."""
+        self._set_ready(ep, False)
+        self._spawn(self._probe(ep))
+
+    async def probe_all(self) -> None:
+        await asyncio.gather(*(self._probe(ep) for ep in self.endpoints))
+
+    async def _probe(self, ep: Endpoint) -> None:
+        try:
+            ready = await ep.client.is_server_ready(client_timeout=PROBE_TIMEOUT_S) and await ep.client.is_model_ready(
+                contract.ENSEMBLE, client_timeout=PROBE_TIMEOUT_S
+            )
+            if ready and ep.model is None:
+                ep.model = await self._served_model(ep)
+        except (InferenceServerException, KeyError, ValueError) as e:
+            logger.debug("probe of %s failed: %s", ep.url, e)
+            ready = False
+        self._set_ready(ep, ready)
+
+    @staticmethod
+    async def _served_model(ep: Endpoint) -> str:
+        config = await ep.client.get_model_config(contract.PREPROCESS, as_json=True, client_timeout=PROBE_TIMEOUT_S)
+        spec = json.loads(config["config"]["parameters"]["spec"]["string_value"])
+        return str(spec["name"])
+
+    def _set_ready(self, ep: Endpoint, ready: bool) -> None:
+        if ep.ready != ready:
+            logger.info("Triton %s is %s", ep.url, "ready" if ready else "NOT ready", extra={"endpoint": ep.url})
+        ep.ready = ready
+        self.metrics.endpoint_up.labels(ep.url).set(1 if ready else 0)
+        any_ready = any(e.ready for e in self.endpoints)
+        if any_ready != self._any_ready:
+            self._any_ready = any_ready
+            self.on_readiness(any_ready)
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.health_interval_s)
+            await self.probe_all()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

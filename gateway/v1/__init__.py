@@ -1,0 +1,1 @@
+"""Stubs generated from gateway/proto/matteserve/v1/matteserve.proto by gateway/protogen.py."""
