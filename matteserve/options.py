@@ -49,6 +49,7 @@ class RequestOptions:
     format: OutputFormat = OutputFormat.PNG
     background: tuple[int, int, int] = (255, 255, 255)
     quality: int = 90
+    refine: bool = False  # snap the matte to the photo's edges (guided filter); costs CPU per pixel
 
     def __post_init__(self) -> None:
         if not 1 <= self.quality <= 100:
@@ -61,7 +62,12 @@ class RequestOptions:
     def to_json(self) -> bytes:
         r, g, b = self.background
         return json.dumps(
-            {"format": self.format.value, "background": f"#{r:02x}{g:02x}{b:02x}", "quality": self.quality}
+            {
+                "format": self.format.value,
+                "background": f"#{r:02x}{g:02x}{b:02x}",
+                "quality": self.quality,
+                "refine": self.refine,
+            }
         ).encode()
 
     @classmethod
@@ -74,9 +80,9 @@ class RequestOptions:
             raise InvalidOptions(f"options must be a JSON object: {e}") from e
         if not isinstance(data, dict):
             raise InvalidOptions('options must be a JSON object such as {"format": "png"}')
-        unknown = sorted(set(data) - {"format", "background", "quality"})
+        unknown = sorted(set(data) - {"format", "background", "quality", "refine"})
         if unknown:
-            raise InvalidOptions(f"unknown option(s) {unknown}; known: format, background, quality")
+            raise InvalidOptions(f"unknown option(s) {unknown}; known: format, background, quality, refine")
         kwargs: dict[str, object] = {}
         if "format" in data:
             try:
@@ -92,4 +98,8 @@ class RequestOptions:
             if not isinstance(data["quality"], int) or isinstance(data["quality"], bool):
                 raise InvalidOptions(f"quality must be an integer 1-100, got {data['quality']!r}")
             kwargs["quality"] = data["quality"]
+        if "refine" in data:
+            if not isinstance(data["refine"], bool):
+                raise InvalidOptions(f"refine must be true or false, got {data['refine']!r}")
+            kwargs["refine"] = data["refine"]
         return cls(**kwargs)  # type: ignore[arg-type]

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import ImageChops
+from PIL import Image, ImageChops
 
 from matteserve.options import OutputFormat, RequestOptions
-from matteserve.pipeline import decode, output, tensor
+from matteserve.pipeline import decode, output, refine, tensor
 from matteserve.zoo import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -61,13 +61,17 @@ def postprocess(data: bytes, raw_options: bytes, alpha: np.ndarray, limits: deco
     if fmt in (OutputFormat.PNG, OutputFormat.WEBP):
         rgba = decode.decode_rgba(img, data)
         matte = np.asarray(mask)
+        if options.refine:
+            matte = refine.guided_refine(matte, refine.luma(rgba))
         if decode.has_alpha(img):
             matte = ((matte.astype(np.uint16) * rgba[:, :, 3] + 127) // 255).astype(np.uint8)
         rgba[:, :, 3] = matte
         return Result(output.encode_cutout(rgba, options), options.content_type, *size)
     rgb = source_alpha = None
-    if fmt is OutputFormat.JPEG or decode.has_alpha(img):
+    if fmt is OutputFormat.JPEG or options.refine or decode.has_alpha(img):
         rgb, source_alpha = decode.decode_with_alpha(img)
+    if options.refine and rgb is not None:
+        mask = Image.fromarray(refine.guided_refine(np.asarray(mask), refine.luma(np.asarray(rgb))), "L")
     if source_alpha is not None:
         mask = ImageChops.multiply(mask, source_alpha)
     if rgb is not None and fmt is OutputFormat.JPEG:
