@@ -12,6 +12,7 @@ For each image size, on the same images and the same cores, one after another (n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -246,10 +247,13 @@ def run_bench(
     concurrencies: Sequence[int],
     count: int = len(images.PHOTOS),
     log_dir: Path | None = None,
+    gateway: bool = True,
 ) -> BenchReport:
-    """Start Triton on free loopback ports from ``repository`` and measure every size."""
+    """Start Triton (and a gateway in front of it) on free loopback ports from ``repository`` and
+    measure every size."""
     from matteserve.build.repository import read_manifest
-    from matteserve.loadtest.targets import TritonTarget
+    from matteserve.gateway import GatewayConfig, GatewayProcess
+    from matteserve.loadtest.targets import GatewayTarget, TritonTarget
     from matteserve.tritonserver import TritonConfig, TritonServer
     from matteserve.zoo import ModelSpec
 
@@ -274,8 +278,12 @@ def run_bench(
         },
     )
     cfg = TritonConfig(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
-    log = (log_dir or Path(tempfile.gettempdir())) / f"bench-triton-{cfg.grpc_port}.log"
-    with TritonServer(cfg, log_path=log):
+    logs = log_dir or Path(tempfile.gettempdir())
+    gw_cfg = GatewayConfig(tritons=(cfg.grpc_url,), port=free_port(), metrics_port=free_port())
+    with contextlib.ExitStack() as running:
+        running.enter_context(TritonServer(cfg, log_path=logs / f"bench-triton-{cfg.grpc_port}.log"))
+        if gateway:
+            running.enter_context(GatewayProcess(gw_cfg, log_path=logs / f"bench-gateway-{gw_cfg.port}.log"))
         for size in sizes:
             inputs = [i.data for i in images.generated(size, count)]
             logger.info("%d px: model only", size)
@@ -284,5 +292,9 @@ def run_bench(
             rembg = rembg_baseline(inputs, seconds)
             logger.info("%d px: through Triton", size)
             triton = end_to_end(partial(TritonTarget, cfg.grpc_url, inputs), inputs, concurrencies, seconds)
-            report.results.append(SizeResult(size, ceiling, rembg, triton))
+            via_gateway = None
+            if gateway:
+                logger.info("%d px: through the gateway", size)
+                via_gateway = end_to_end(partial(GatewayTarget, gw_cfg.address), inputs, concurrencies, seconds)
+            report.results.append(SizeResult(size, ceiling, rembg, triton, via_gateway))
     return report

@@ -19,7 +19,7 @@ from matteserve.loadtest import images, perf_analyzer, sweep
 from matteserve.loadtest.report import CrossCheck, LoadTestReport, RunRecord
 from matteserve.loadtest.runner import Bounds, Target
 from matteserve.loadtest.schedule import Arrival
-from matteserve.loadtest.targets import TritonTarget, check_loopback
+from matteserve.loadtest.targets import GatewayTarget, TritonTarget, check_loopback
 from matteserve.options import OutputFormat
 
 logger = logging.getLogger(__name__)
@@ -27,9 +27,10 @@ logger = logging.getLogger(__name__)
 
 class TargetKind(str, enum.Enum):
     TRITON = "triton"  # the remove_background ensemble over Triton's gRPC API
+    GATEWAY = "gateway"  # the matteserve gateway's gRPC API, through matteserve.client
 
 
-DEFAULT_ADDRESS = {TargetKind.TRITON: "127.0.0.1:8001"}
+DEFAULT_ADDRESS = {TargetKind.TRITON: "127.0.0.1:8001", TargetKind.GATEWAY: "127.0.0.1:50051"}
 
 
 def parse_loads(text: str) -> tuple[float, ...]:
@@ -53,6 +54,7 @@ async def run_loadtest(
     plan: sweep.SweepPlan,
     report: LoadTestReport,
     triton_metrics_url: str | None,
+    gateway_metrics_url: str | None = None,
     after_run: Callable[[RunRecord], None] | None = None,
 ) -> LoadTestReport:
     target = make_target()  # inside the event loop: a gRPC aio channel belongs to the loop that made it
@@ -67,7 +69,7 @@ async def run_loadtest(
                     after_run(record)
                 progress.advance(task)
 
-            await sweep.sweep(target, inputs, plan, report, triton_metrics_url, done)
+            await sweep.sweep(target, inputs, plan, report, triton_metrics_url, gateway_metrics_url, done)
     finally:
         await target.close()
     return report
@@ -118,14 +120,17 @@ def loadtest(
         OutputFormat.PNG
     ),
     triton_metrics: Annotated[
-        str | None,
-        typer.Option(help="Triton's metrics URL for the breakdown ('' for none; default: port 8002 on the host)."),
-    ] = None,
+        str, typer.Option(help="Triton's metrics URL for the breakdown ('' for none).")
+    ] = "http://127.0.0.1:8002/metrics",
+    gateway_metrics: Annotated[
+        str, typer.Option(help="The gateway's metrics URL, with --target gateway ('' for none).")
+    ] = "http://127.0.0.1:8090/metrics",
     perf_analyzer_check: Annotated[
         bool, typer.Option("--perf-analyzer", help="Cross-check each concurrency with Triton's perf_analyzer.")
     ] = False,
     out: Annotated[Path, typer.Option(help="Folder for loadtest.json, .csv and .png.")] = Path("loadtest-results"),
     timeout: Annotated[float, typer.Option(help="Per-request timeout, seconds.")] = 60.0,
+    api_key: Annotated[str | None, typer.Option(help="Gateway API key.", envvar="MATTESERVE_API_KEY")] = None,
     allow_remote: Annotated[bool, typer.Option(help="Allow a target that is not this machine.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -135,10 +140,10 @@ def loadtest(
     setup_logging(verbose)
     address = address or DEFAULT_ADDRESS[target]
     check_loopback(address, allow_remote)
-    if triton_metrics is None:
-        triton_metrics = f"http://{address.rpartition(':')[0]}:8002/metrics" if target is TargetKind.TRITON else ""
-    if triton_metrics:
-        check_loopback(urlsplit(triton_metrics).netloc, allow_remote)
+    if target is not TargetKind.GATEWAY:
+        gateway_metrics = ""
+    for url in filter(None, (triton_metrics, gateway_metrics)):
+        check_loopback(urlsplit(url).netloc, allow_remote)
     if perf_analyzer_check and (target is not TargetKind.TRITON or mode is not sweep.Mode.CLOSED):
         raise MatteserveError(
             "--perf-analyzer compares closed-loop runs against Triton: use --target triton --mode closed"
@@ -149,7 +154,9 @@ def loadtest(
     options = json.dumps({"format": output_format.value}).encode()
 
     def make_target() -> Target:
-        return TritonTarget(address, inputs, output_format, timeout)
+        if target is TargetKind.TRITON:
+            return TritonTarget(address, inputs, output_format, timeout)
+        return GatewayTarget(address, output_format, timeout, api_key)
 
     settings = {
         "mode": mode.value,
@@ -162,7 +169,9 @@ def loadtest(
     }
     report = LoadTestReport(f"{target.value} {address}", described, output_format.value, settings)
     checker = cross_checker(address, inputs, options, out, duration) if perf_analyzer_check else None
-    asyncio.run(run_loadtest(make_target, inputs, plan, report, triton_metrics or None, checker))
+    asyncio.run(
+        run_loadtest(make_target, inputs, plan, report, triton_metrics or None, gateway_metrics or None, checker)
+    )
     report.print()
     for path in report.write_all(out):
         typer.echo(f"wrote {path}")
@@ -176,6 +185,7 @@ def bench(
     repository: Annotated[
         Path | None, typer.Option(help="Model repository to serve (default: the u2netp CPU build, built if missing).")
     ] = None,
+    gateway: Annotated[bool, typer.Option(help="Also measure through a gateway in front of Triton.")] = True,
     out: Annotated[Path, typer.Option(help="Folder for bench.json and bench.png.")] = Path("bench-results"),
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -200,6 +210,7 @@ def bench(
         [int(x) for x in parse_loads(concurrency)],
         count,
         log_dir=out,
+        gateway=gateway,
     )
     report.print()
     for path in (report.write_json(out / "bench.json"), report.write_chart(out / "bench.png")):

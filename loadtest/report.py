@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from matteserve.loadtest.gateway_metrics import GatewayBreakdown
 from matteserve.loadtest.stats import RunSummary
 from matteserve.loadtest.triton_metrics import ModelBreakdown
 
@@ -63,6 +64,7 @@ class RunRecord:
     summary: RunSummary
     triton: list[ModelBreakdown] = field(default_factory=list)
     cross_check: CrossCheck | None = None
+    gateway: GatewayBreakdown | None = None
 
     @property
     def label(self) -> str:
@@ -120,6 +122,12 @@ class LoadTestReport:
                     f"{m.model}_avg_batch": round(m.avg_batch, 3),
                     f"{m.model}_queue_ms": round(m.queue_ms, 3),
                     f"{m.model}_compute_infer_ms": round(m.compute_infer_ms, 3),
+                }
+            if r.gateway is not None:
+                row |= {
+                    "gateway_request_ms": round(r.gateway.request_ms, 3),
+                    "gateway_triton_ms": round(r.gateway.triton_ms, 3),
+                    "gateway_own_ms": round(r.gateway.own_ms, 3),
                 }
             if r.cross_check is not None:
                 row |= {
@@ -197,6 +205,13 @@ class LoadTestReport:
         console.print("latencies in ms, OK responses only, from each request's intended send time")
         if any(r.triton for r in self.runs):
             self._print_triton(console)
+        for r in self.runs:
+            if (g := r.gateway) is not None:
+                codes = ", ".join(f"{c} {n}" for c, n in g.codes.items())
+                console.print(
+                    f"gateway at {r.label}: Triton calls {g.triton_ms:.1f} ms each, the gateway's own time "
+                    f"{g.own_ms:.1f} ms per request; it answered {codes}"
+                )
         for r in self.runs:
             if (c := r.cross_check) is not None:
                 verdict = "agree" if c.agrees else "DISAGREE"

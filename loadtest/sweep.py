@@ -1,5 +1,5 @@
 """One load test: a sweep of closed-loop concurrencies or open-loop rates against one target, with
-Triton's counters scraped around each run."""
+Triton's counters (and the gateway's) scraped around each run."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from matteserve.loadtest import runner, triton_metrics
+from matteserve.loadtest import gateway_metrics, runner, triton_metrics
 from matteserve.loadtest.report import LoadTestReport, RunRecord
 from matteserve.loadtest.runner import Bounds, Target
 from matteserve.loadtest.schedule import Arrival
@@ -51,14 +51,17 @@ async def sweep(
     plan: SweepPlan,
     report: LoadTestReport,
     triton_metrics_url: str | None = None,
+    gateway_metrics_url: str | None = None,
     on_done: Callable[[RunRecord], None] | None = None,
 ) -> LoadTestReport:
     """Run every load of the plan in order, appending one record per run to ``report`` and calling
     ``on_done(record)`` after each (before the next load starts)."""
     for load in plan.loads:
         before = triton_metrics.scrape(triton_metrics_url) if triton_metrics_url else None
+        gw_before = gateway_metrics.scrape(gateway_metrics_url) if gateway_metrics_url else None
         result = await run_one(target, inputs, plan, load)
         after = triton_metrics.scrape(triton_metrics_url) if triton_metrics_url else None
+        gw_after = gateway_metrics.scrape(gateway_metrics_url) if gateway_metrics_url else None
         summary = result.summary()
         logger.info(
             "%s %g: %d sent, %d OK, %.2f req/s, p99 %.0f ms",
@@ -70,7 +73,8 @@ async def sweep(
             summary.latency.p99_ms,
         )
         breakdown = triton_metrics.breakdown(before, after) if before is not None and after is not None else []
-        report.runs.append(RunRecord(summary, breakdown))
+        gateway = gateway_metrics.breakdown(gw_before, gw_after) if gw_before and gw_after else None
+        report.runs.append(RunRecord(summary, breakdown, gateway=gateway))
         if on_done is not None:
             on_done(report.runs[-1])
     return report

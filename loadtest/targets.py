@@ -94,3 +94,34 @@ class TritonTarget:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+class GatewayTarget:
+    """The matteserve gateway, through the project's own asyncio client. The client's retries are
+    off: a load test counts every answer the service gives, and a retried request would hide an
+    error and stretch a latency."""
+
+    def __init__(
+        self,
+        address: str,
+        output_format: OutputFormat = OutputFormat.PNG,
+        timeout: float = 60.0,
+        api_key: str | None = None,
+    ) -> None:
+        from matteserve.client import AsyncClient, RetryPolicy
+
+        self.name = f"gateway {address}"
+        self.client = AsyncClient(target=address, api_key=api_key, timeout=timeout, retry=RetryPolicy(attempts=1))
+        self.format = output_format
+
+    async def send(self, image: bytes) -> str:
+        from matteserve.client.errors import RemoteError
+
+        try:
+            await self.client.remove(image, format=self.format)
+        except RemoteError as e:
+            return str(e.code.name)
+        return "OK"
+
+    async def close(self) -> None:
+        await self.client.close()

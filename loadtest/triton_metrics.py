@@ -46,14 +46,20 @@ def parse(text: str) -> Snapshot:
     return out
 
 
-def scrape(url: str, timeout: float = 5.0) -> Snapshot | None:
-    """None when the metrics endpoint cannot be read: the load test goes on without the breakdown."""
+def fetch(url: str, timeout: float = 5.0) -> str | None:
+    """A Prometheus endpoint's text, or None (logged) when it cannot be read: the load test goes on
+    without the breakdown."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            return parse(response.read().decode())
+            return str(response.read().decode())
     except OSError as e:
-        logger.warning("cannot scrape Triton metrics at %s (%s); the report will have no breakdown", url, e)
+        logger.warning("cannot scrape metrics at %s (%s); the report will have no breakdown from it", url, e)
         return None
+
+
+def scrape(url: str, timeout: float = 5.0) -> Snapshot | None:
+    text = fetch(url, timeout)
+    return parse(text) if text is not None else None
 
 
 @dataclass(frozen=True)

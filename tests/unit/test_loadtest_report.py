@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from matteserve.errors import MatteserveError
-from matteserve.loadtest import triton_metrics
+from matteserve.loadtest import gateway_metrics, triton_metrics
 from matteserve.loadtest.report import CrossCheck, LoadTestReport, RunRecord
 from matteserve.loadtest.stats import RunSummary, Sample
 from matteserve.loadtest.targets import check_loopback
@@ -154,3 +154,40 @@ def test_other_hosts_are_refused_unless_allowed(address: str) -> None:
 def test_an_address_without_a_port_is_refused() -> None:
     with pytest.raises(MatteserveError, match="HOST:PORT"):
         check_loopback("127.0.0.1", allow_remote=False)
+
+
+GATEWAY_BEFORE = """
+# TYPE matteserve_gateway_requests counter
+matteserve_gateway_requests_total{code="OK",format="png",method="Remove"} 14.0
+matteserve_gateway_requests_total{code="INVALID_ARGUMENT",format="png",method="Remove"} 6.0
+# TYPE matteserve_gateway_request_duration_seconds histogram
+matteserve_gateway_request_duration_seconds_bucket{format="png",method="Remove",le="+Inf"} 20.0
+matteserve_gateway_request_duration_seconds_count{format="png",method="Remove"} 20.0
+matteserve_gateway_request_duration_seconds_sum{format="png",method="Remove"} 10.0
+# TYPE matteserve_gateway_triton_duration_seconds histogram
+matteserve_gateway_triton_duration_seconds_bucket{endpoint="127.0.0.1:8001",le="+Inf"} 14.0
+matteserve_gateway_triton_duration_seconds_count{endpoint="127.0.0.1:8001"} 14.0
+matteserve_gateway_triton_duration_seconds_sum{endpoint="127.0.0.1:8001"} 9.0
+"""
+GATEWAY_AFTER = """
+# TYPE matteserve_gateway_requests counter
+matteserve_gateway_requests_total{code="OK",format="png",method="Remove"} 24.0
+matteserve_gateway_requests_total{code="OK",format="webp",method="Remove"} 10.0
+matteserve_gateway_requests_total{code="INVALID_ARGUMENT",format="png",method="Remove"} 6.0
+# TYPE matteserve_gateway_request_duration_seconds histogram
+matteserve_gateway_request_duration_seconds_count{format="png",method="Remove"} 30.0
+matteserve_gateway_request_duration_seconds_sum{format="png",method="Remove"} 15.0
+matteserve_gateway_request_duration_seconds_count{format="webp",method="Remove"} 10.0
+matteserve_gateway_request_duration_seconds_sum{format="webp",method="Remove"} 5.2
+# TYPE matteserve_gateway_triton_duration_seconds histogram
+matteserve_gateway_triton_duration_seconds_count{endpoint="127.0.0.1:8001"} 34.0
+matteserve_gateway_triton_duration_seconds_sum{endpoint="127.0.0.1:8001"} 18.8
+"""
+
+
+def test_gateway_breakdown_counts_answers_by_code_and_splits_time_with_triton() -> None:
+    g = gateway_metrics.breakdown(gateway_metrics.parse(GATEWAY_BEFORE), gateway_metrics.parse(GATEWAY_AFTER))
+    assert g.codes == {"OK": 20}  # codes that did not move are left out
+    assert g.request_ms == pytest.approx(10.2 / 20 * 1000)
+    assert g.triton_ms == pytest.approx(9.8 / 20 * 1000)
+    assert g.own_ms == pytest.approx(0.4 / 20 * 1000)

@@ -1,0 +1,107 @@
+"""The load generator through a real gateway in front of a real Triton: three independent counts
+(the load generator's, the gateway's metrics, Triton's counters) agree, errors by code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from matteserve import contract
+from matteserve.gateway import GatewayConfig, GatewayProcess
+from matteserve.loadtest import gateway_metrics, triton_metrics
+from matteserve.loadtest.runner import Bounds, closed_loop
+from matteserve.loadtest.targets import GatewayTarget
+from matteserve.tritonserver import TritonServer
+
+from ..conftest import free_port  # type: ignore[import-not-found]
+
+
+@pytest.fixture(scope="module")
+def loadtest_gateway(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    cfg = GatewayConfig(tritons=(triton.cfg.grpc_url,), port=free_port(), metrics_port=free_port())
+    log = tmp_path_factory.mktemp("gateway") / "gateway.log"
+    with GatewayProcess(cfg, log_path=log) as gateway:
+        yield gateway
+
+
+def gateway_metrics_url(gateway: GatewayProcess) -> str:
+    return f"http://{gateway.cfg.metrics_host}:{gateway.cfg.metrics_port}/metrics"
+
+
+def snapshots(triton: TritonServer, gateway: GatewayProcess) -> tuple[float, gateway_metrics.GatewaySnapshot]:
+    t = triton_metrics.scrape(triton.cfg.metrics_url)
+    g = gateway_metrics.scrape(gateway_metrics_url(gateway))
+    assert t is not None
+    assert g is not None
+    return t.get(("nv_inference_request_success", contract.ENSEMBLE), 0.0), g
+
+
+async def test_counts_through_the_gateway_match_the_gateways_and_tritons_own(
+    triton: TritonServer, loadtest_gateway: GatewayProcess, make_photo: Callable[..., bytes]
+) -> None:
+    inputs = [make_photo(512, 512), b"", make_photo(400, 300, "coffee"), b"GIF89a but not really"]
+    triton_before, gw_before = snapshots(triton, loadtest_gateway)
+    target = GatewayTarget(loadtest_gateway.target)
+    try:
+        result = await closed_loop(target, inputs, concurrency=2, bounds=Bounds(3.0, 1000, warmup_s=0))
+    finally:
+        await target.close()
+    triton_after, gw_after = snapshots(triton, loadtest_gateway)
+    s = result.summary()
+    issued = len(result.samples)
+    expected_bad = sum(1 for i in range(issued) if i % len(inputs) in (1, 3))
+    assert s.sent == issued > 4
+    assert s.errors == {"INVALID_ARGUMENT": expected_bad}
+    assert s.ok == issued - expected_bad
+    assert gateway_metrics.breakdown(gw_before, gw_after).codes == {"INVALID_ARGUMENT": expected_bad, "OK": s.ok}
+    assert triton_after - triton_before == s.ok
+
+
+def test_loadtest_command_against_the_gateway_reports_its_time_split(
+    triton: TritonServer, loadtest_gateway: GatewayProcess, make_photo: Callable[..., bytes], tmp_path: Path
+) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.jpg").write_bytes(make_photo(512, 384))
+    (images / "b.jpg").write_bytes(b"not an image")
+    out = tmp_path / "report"
+    cmd = [
+        sys.executable,
+        "-m",
+        "matteserve.cli",
+        "loadtest",
+        "--target",
+        "gateway",
+        "--address",
+        loadtest_gateway.target,
+        "--gateway-metrics",
+        gateway_metrics_url(loadtest_gateway),
+        "--triton-metrics",
+        triton.cfg.metrics_url,
+        "--mode",
+        "open",
+        "--rate",
+        "3",
+        "--duration",
+        "2",
+        "--warmup",
+        "0.5",
+        "--images",
+        str(images),
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "the gateway's own time" in proc.stdout
+    (run,) = json.loads((out / "loadtest.json").read_text())["runs"]
+    s = run["summary"]
+    assert s["mode"] == "open"
+    assert s["sent"] + s["warmup_sent"] == sum(run["gateway"]["codes"].values())
+    assert s["errors"] == {"INVALID_ARGUMENT": s["sent"] - s["ok"]}
+    assert run["gateway"]["triton_ms"] > 0
