@@ -28,6 +28,7 @@ from matteserve.gateway.status import code_of, from_triton
 logger = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 2.0
+DEADLINE_MARGIN_S = 0.05
 # gRPC's default reconnect backoff grows to 120 s: a restarted Triton would sit unused for minutes.
 CHANNEL_ARGS: list[tuple[str, Any]] = [
     ("grpc.max_send_message_length", 2**31 - 1),
@@ -106,8 +107,10 @@ class TritonPool:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise Timeout("the deadline passed before Triton could be called")
+            # Triton's deadline falls a little before the caller's, so the caller hears why.
+            timeout = remaining - min(DEADLINE_MARGIN_S, remaining / 10)
             try:
-                return await self._call(ep, image, options, remaining, request_id)
+                return await self._call(ep, image, options, timeout, request_id)
             except BackendUnavailable as e:
                 logger.warning("%s; trying another endpoint", e, extra={"request_id": request_id})
                 failure = e

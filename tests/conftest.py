@@ -8,6 +8,7 @@ import os
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -16,6 +17,10 @@ from PIL import Image
 from matteserve.build.builder import build
 from matteserve.tritonserver import TritonConfig, TritonServer
 from matteserve.zoo import get_spec
+
+if TYPE_CHECKING:
+    from matteserve.client import Client
+    from matteserve.gateway import GatewayProcess
 
 # Max batch for the test repository: fixed, so that batching is exercised whatever the tuner would
 # pick on this machine.
@@ -113,3 +118,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def start_gateway(tritons: list[str], log_dir: Path, **settings: object) -> GatewayProcess:
+    """A real gateway (child process) on free loopback ports in front of the given Triton gRPC URLs."""
+    from matteserve.gateway import GatewayConfig, GatewayProcess
+
+    settings = {"health_interval_s": 0.25, "grace_s": 10.0} | settings
+    cfg = GatewayConfig(tritons=tuple(tritons), port=free_port(), metrics_port=free_port(), **settings)  # type: ignore[arg-type]
+    return GatewayProcess(cfg, log_path=log_dir / f"gateway-{cfg.port}.log").start()
+
+
+@pytest.fixture(scope="session")
+def gateway(triton: TritonServer, cache_root: Path) -> Iterator[GatewayProcess]:
+    """One gateway in front of the session's Triton; tests that need fresh counters start their own."""
+    process = start_gateway([triton.cfg.grpc_url], cache_root)
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway_client(gateway: GatewayProcess) -> Iterator[Client]:
+    from matteserve.client import Client
+
+    with Client(gateway.target, timeout=120.0) as client:
+        yield client
