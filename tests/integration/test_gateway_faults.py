@@ -1,0 +1,114 @@
+"""Faults: two Tritons behind one gateway, one killed mid-batch; health follows Triton down and up.
+
+The tests share one pair of Triton servers and run in file order: the second starts where the first
+left off (one Triton killed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from matteserve.client import AsyncClient, Client, RetryPolicy
+from matteserve.client.errors import BackendUnavailable
+from matteserve.gateway import GatewayProcess
+from matteserve.tritonserver import TritonServer
+
+from ..conftest import start_gateway, start_triton  # type: ignore[import-not-found]
+
+NO_RETRY = RetryPolicy(attempts=1)  # what comes back must be the gateway's doing, not the client's
+
+
+@pytest.fixture(scope="module")
+def pair(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[TritonServer]]:
+    logs = tmp_path_factory.mktemp("faults")
+    servers = [start_triton(repository, logs), start_triton(repository, logs)]
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def gw(pair: list[TritonServer], tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    process = start_gateway([s.cfg.grpc_url for s in pair], tmp_path_factory.mktemp("faults-gw"))
+    yield process
+    process.stop()
+
+
+def metric(gw: GatewayProcess, name: str, **labels: str) -> float:
+    with urllib.request.urlopen(gw.cfg.metrics_url, timeout=5) as r:
+        families = text_string_to_metric_families(r.read().decode())
+    return sum(
+        s.value
+        for f in families
+        for s in f.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def wait_health(client: Client, want: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while (status := client.health()) != want:
+        assert time.monotonic() < deadline, f"health stayed {status}, expected {want}"
+        time.sleep(0.1)
+
+
+def test_killing_one_triton_mid_batch_loses_no_image(
+    gw: GatewayProcess, pair: list[TritonServer], make_photo: Callable[..., bytes]
+) -> None:
+    victim = pair[0]
+    photos = {f"img{i}": make_photo(256 + 8 * i, 256) for i in range(12)}
+
+    async def batch() -> dict[str, bytes]:
+        results: dict[str, bytes] = {}
+        queue = list(photos)
+        async with AsyncClient(gw.target, retry=NO_RETRY, timeout=120) as client:
+
+            async def worker() -> None:
+                while queue:
+                    name = queue.pop()
+                    results[name] = (await client.remove(photos[name], format="mask")).data
+                    if len(results) == 3:
+                        victim.kill()  # SIGKILL while the other workers' requests are in flight
+
+            await asyncio.gather(*(worker() for _ in range(4)))
+        return results
+
+    results = asyncio.run(batch())
+    assert sorted(results) == sorted(photos)
+    for name, data in results.items():
+        assert Image.open(io.BytesIO(data)).size == Image.open(io.BytesIO(photos[name])).size
+    killed = victim.cfg.grpc_url
+    assert metric(gw, "matteserve_gateway_retries_total", endpoint=killed) >= 1
+    assert metric(gw, "matteserve_gateway_triton_errors_total", endpoint=killed, code="UNAVAILABLE") >= 1
+    assert metric(gw, "matteserve_gateway_triton_endpoint_up", endpoint=killed) == 0
+    assert metric(gw, "matteserve_gateway_requests_total", code="OK") == 12
+    assert metric(gw, "matteserve_gateway_requests_total") == 12
+
+
+def test_health_is_not_serving_while_no_triton_is_ready_and_serving_when_one_returns(
+    gw: GatewayProcess, pair: list[TritonServer], make_photo: Callable[..., bytes]
+) -> None:
+    dead, alive = pair
+    assert dead.process is None, "the first test killed this one"
+    with Client(gw.target, retry=NO_RETRY) as client:
+        wait_health(client, "SERVING", 5)
+        alive.stop()
+        wait_health(client, "NOT_SERVING", 5)
+        assert client.health("matteserve.v1.BackgroundRemoval") == "NOT_SERVING"
+        with pytest.raises(BackendUnavailable, match="no Triton endpoint is ready"):
+            client.remove(make_photo(64, 64))
+
+        dead.start()  # the killed one comes back on its old port
+        wait_health(client, "SERVING", 15)
+        assert client.remove(make_photo(64, 64), format="mask").width == 64
+    assert metric(gw, "matteserve_gateway_triton_endpoint_up", endpoint=dead.cfg.grpc_url) == 1
+    assert metric(gw, "matteserve_gateway_triton_endpoint_up", endpoint=alive.cfg.grpc_url) == 0
