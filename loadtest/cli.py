@@ -84,9 +84,10 @@ def cross_checker(
 
     def check(record: RunRecord) -> None:
         concurrency = int(record.summary.load)
-        # perf_analyzer needs at least three stable windows; it reports the mean of the last three.
-        window_ms = max(1000, int(seconds * 1000 / 3))
-        result = perf_analyzer.run(grpc_url, inputs, options, concurrency, out, measurement_ms=window_ms)
+        # Windows of as many responses as a third of the load test's run saw: perf_analyzer needs at
+        # least three stable ones and reports the mean of the last three, so both take about as long.
+        per_window = max(10, round(record.summary.throughput_rps * seconds / 3))
+        result = perf_analyzer.run(grpc_url, inputs, options, concurrency, out, requests_per_window=per_window)
         s = record.summary
         record.cross_check = CrossCheck(
             concurrency, s.throughput_rps, result.throughput_rps, s.latency.p50_ms, result.p50_ms
