@@ -68,6 +68,8 @@ def _expand(spec: str, outdir: Path) -> Iterable[tuple[Path, PurePath]] | Failur
     path = Path(spec)
     if path.is_dir():
         found = sorted(p for p in path.rglob("*") if _is_image(p) and not p.resolve().is_relative_to(outdir))
+        if not found:
+            return Failure(spec, "NOT_FOUND", f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
         return [(p, p.relative_to(path)) for p in found]
     if path.is_file():
         return [(path, PurePath(path.name))]
@@ -77,6 +79,8 @@ def _expand(spec: str, outdir: Path) -> Iterable[tuple[Path, PurePath]] | Failur
         fixed = next(i for i, part in enumerate(parts) if _GLOB_CHARS & set(part))
         base = Path(*parts[:fixed]) if fixed else Path()
         found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if _is_image(Path(p)))
+        if not found:
+            return Failure(spec, "NOT_FOUND", "no image matches this glob")
         return [(p, p.relative_to(base)) for p in found]
     return Failure(spec, "NOT_FOUND", "no such file or folder, and no image matches it as a glob")
 

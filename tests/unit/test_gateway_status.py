@@ -1,0 +1,63 @@
+"""The one status mapping: our errors and Triton's errors -> the gRPC code a caller sees."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from tritonclient.utils import InferenceServerException
+
+from matteserve import errors
+from matteserve.gateway.status import InvalidRequest, TritonRejected, code_of, from_triton, message_of
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (errors.InvalidImage("corrupt"), grpc.StatusCode.INVALID_ARGUMENT),
+        (errors.ImageTooLarge("50 MP"), grpc.StatusCode.INVALID_ARGUMENT),
+        (errors.InvalidOptions("quality"), grpc.StatusCode.INVALID_ARGUMENT),
+        (InvalidRequest("from Triton"), grpc.StatusCode.INVALID_ARGUMENT),
+        (errors.Overloaded("full"), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (errors.BackendUnavailable("down"), grpc.StatusCode.UNAVAILABLE),
+        (errors.Timeout("late"), grpc.StatusCode.DEADLINE_EXCEEDED),
+        (errors.Unauthenticated("key"), grpc.StatusCode.UNAUTHENTICATED),
+        (asyncio.CancelledError(), grpc.StatusCode.CANCELLED),
+        (TritonRejected("model crashed"), grpc.StatusCode.INTERNAL),
+        (KeyError("bug"), grpc.StatusCode.INTERNAL),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else v.name,
+)
+def test_each_error_maps_to_its_status_code(error: BaseException, code: grpc.StatusCode) -> None:
+    assert code_of(error) is code
+
+
+def test_our_messages_reach_the_caller_but_a_bug_does_not_leak_internals() -> None:
+    assert message_of(errors.InvalidImage("the image is empty (0 bytes)")) == "the image is empty (0 bytes)"
+    leaked = message_of(KeyError("/secret/path"))
+    assert "/secret/path" not in leaked
+    assert "request id" in leaked
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        ("StatusCode.INVALID_ARGUMENT", InvalidRequest),
+        ("StatusCode.DEADLINE_EXCEEDED", errors.Timeout),
+        ("StatusCode.UNAVAILABLE", errors.BackendUnavailable),
+        ("StatusCode.RESOURCE_EXHAUSTED", errors.BackendUnavailable),  # Triton's queue is full: try another
+        ("StatusCode.INTERNAL", TritonRejected),
+    ],
+)
+def test_triton_errors_become_the_error_they_mean_for_the_caller(status: str, kind: type[Exception]) -> None:
+    error = from_triton(InferenceServerException("preprocess: the image is empty", status=status), "10.0.0.1:8001")
+    assert type(error) is kind
+
+
+def test_triton_messages_are_kept_for_the_caller() -> None:
+    error = from_triton(
+        InferenceServerException("in ensemble 'remove_background', preprocess: bad", "StatusCode.INVALID_ARGUMENT"),
+        "t:8001",
+    )
+    assert str(error) == "in ensemble 'remove_background', preprocess: bad"
