@@ -1,0 +1,118 @@
+"""TLS and mutual TLS, JSON logs that carry the request id, and a graceful SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from matteserve.client import TLS, Client, RemoveResult, RetryPolicy
+from matteserve.client.errors import BackendUnavailable
+from matteserve.gateway import GatewayProcess, TLSConfig
+from matteserve.tritonserver import TritonServer
+
+from ..conftest import start_gateway  # type: ignore[import-not-found]
+
+NO_RETRY = RetryPolicy(attempts=1)
+
+
+def openssl(*args: str | Path) -> None:
+    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A throw-away CA, a server certificate for 127.0.0.1 and a client certificate."""
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl binary to make test certificates (Debian package openssl)")
+    d = tmp_path_factory.mktemp("certs")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+            "-keyout", d / "ca.key", "-out", d / "ca.pem")  # fmt: skip
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    for name in ("server", "client"):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+                "-keyout", d / f"{name}.key", "-out", d / f"{name}.csr")  # fmt: skip
+        openssl("x509", "-req", "-in", d / f"{name}.csr", "-CA", d / "ca.pem", "-CAkey", d / "ca.key",
+                "-CAcreateserial", "-days", "1", "-extfile", d / "san.ext", "-out", d / f"{name}.pem")  # fmt: skip
+    return d
+
+
+def test_tls_serves_a_client_that_trusts_the_ca(
+    triton: TritonServer, certs: Path, tmp_path: Path, make_photo: Callable[..., bytes]
+) -> None:
+    tls = TLSConfig(certs / "server.pem", certs / "server.key")
+    with start_gateway([triton.cfg.grpc_url], tmp_path, tls=tls) as gw:
+        with Client(gw.target, tls=TLS(certs / "ca.pem")) as client:
+            assert client.remove(make_photo(64, 64), format="mask").width == 64
+        with Client(gw.target, retry=NO_RETRY) as plaintext, pytest.raises(BackendUnavailable):
+            plaintext.remove(make_photo(64, 64), timeout=5)
+
+
+def test_mutual_tls_refuses_a_client_without_a_certificate(
+    triton: TritonServer, certs: Path, tmp_path: Path, make_photo: Callable[..., bytes]
+) -> None:
+    tls = TLSConfig(certs / "server.pem", certs / "server.key", client_ca=certs / "ca.pem")
+    with start_gateway([triton.cfg.grpc_url], tmp_path, tls=tls) as gw:
+        mutual = TLS(certs / "ca.pem", client_cert=certs / "client.pem", client_key=certs / "client.key")
+        with Client(gw.target, tls=mutual) as client:
+            assert client.remove(make_photo(64, 64), format="mask").height == 64
+        anonymous = Client(gw.target, tls=TLS(certs / "ca.pem"), retry=NO_RETRY)
+        with anonymous, pytest.raises(BackendUnavailable):
+            anonymous.remove(make_photo(64, 64), timeout=5)
+
+
+def in_flight(gw: GatewayProcess) -> float:
+    with urllib.request.urlopen(gw.cfg.metrics_url, timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("matteserve_gateway_in_flight_requests "):
+                return float(line.split()[1])
+    return 0.0
+
+
+def test_sigterm_finishes_the_request_in_flight_then_exits_and_json_logs_carry_its_request_id(
+    triton: TritonServer, tmp_path: Path, make_photo: Callable[..., bytes]
+) -> None:
+    gw = start_gateway([triton.cfg.grpc_url], tmp_path, json_logs=True, grace_s=30.0)
+    photo = make_photo(1600, 1200)  # big enough to be still running when SIGTERM arrives
+    outcome: dict[str, RemoveResult | Exception] = {}
+
+    def call() -> None:
+        with Client(gw.target, retry=NO_RETRY, timeout=120) as client:
+            try:
+                outcome["result"] = client.remove(photo, request_id="graceful-1")
+            except Exception as e:
+                outcome["result"] = e
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    deadline = time.monotonic() + 30
+    while in_flight(gw) < 1:
+        assert time.monotonic() < deadline, "the request never started"
+        time.sleep(0.01)
+    assert gw.process is not None
+    process = gw.process
+    process.terminate()  # SIGTERM
+    worker.join(120)
+
+    result = outcome["result"]
+    assert isinstance(result, RemoveResult), result
+    assert (result.width, result.height) == (1600, 1200)
+    assert process.wait(30) == 0
+    with Client(gw.target, retry=NO_RETRY) as client, pytest.raises(BackendUnavailable):
+        client.remove(photo, timeout=2)
+
+    assert gw.log_path is not None
+    records = [json.loads(line) for line in gw.log_path.read_text().splitlines() if line.startswith("{")]
+    mine = [r for r in records if r.get("request_id") == "graceful-1"]
+    assert mine, "no JSON log line carries the request id"
+    assert mine[-1]["code"] == "OK"
+    assert mine[-1]["method"] == "Remove"
+    assert {"ts", "level", "logger", "message", "duration_ms", "endpoint"} <= set(mine[-1])
+    assert any("shutting down: 1 request(s) in flight" in r["message"] for r in records)
