@@ -179,12 +179,13 @@ def run(
             if requests_per_window
             else ["--measurement-interval", str(measurement_ms)]
         ),
-        # A shared 2-core machine rarely gives three windows within the default 10%; the figure is
-        # still the mean of the last three windows.
+        # perf_analyzer gives up unless three consecutive windows lie within this much of their mean; a
+        # busy 2-core machine often misses the default 10%, and failing would leave no figure at all.
+        # The figure is the mean of those three windows either way; agreement is judged against ours.
         "--stability-percentage",
-        "25",
+        "50",
         "--max-trials",
-        "6",
+        "10",
         "-f",
         str(csv_file),
     ]
