@@ -165,7 +165,8 @@ class LoadTestReport:
                 ax.annotate(r.label, (xi, r.summary.latency.p99_ms), textcoords="offset points", xytext=(4, 6))
         ax.set_xlabel("throughput (OK responses/s)")
         ax.set_ylabel("latency (ms)")
-        ax.set_ylim(bottom=0)
+        top = max((r.summary.latency.p99_ms for r in self.runs), default=0.0)
+        ax.set_ylim(0, top * 1.15 or 1.0)  # room for the labels above the highest point
         ax.set_xlim(left=0)
         ax.set_title(f"{self.target}\n{self.inputs} -> {self.output_format}", fontsize=10)
         ax.grid(True, alpha=0.3)
