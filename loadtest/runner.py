@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from matteserve.errors import MatteserveError
 from matteserve.loadtest.schedule import Arrival, arrival_offsets
 from matteserve.loadtest.stats import RunSummary, Sample
 
@@ -42,7 +43,7 @@ class Bounds:
 
     def __post_init__(self) -> None:
         if self.duration_s <= 0 or self.max_requests < 1 or self.warmup_s < 0:
-            raise ValueError("a run needs duration > 0 s, max requests >= 1 and warm-up >= 0 s")
+            raise MatteserveError("a run needs --duration > 0, --max-requests >= 1 and --warmup >= 0")
 
 
 @dataclass(frozen=True)

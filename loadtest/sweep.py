@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from matteserve.errors import MatteserveError
 from matteserve.loadtest import gateway_metrics, runner, triton_metrics
 from matteserve.loadtest.report import LoadTestReport, RunRecord
 from matteserve.loadtest.runner import Bounds, Target
@@ -32,11 +33,11 @@ class SweepPlan:
 
     def __post_init__(self) -> None:
         if not self.loads:
-            raise ValueError("a sweep needs at least one concurrency or rate")
+            raise MatteserveError("give at least one concurrency (--concurrency 1,2,4) or rate (--rate 2,4)")
         if self.mode is Mode.CLOSED and any(c < 1 or c != int(c) for c in self.loads):
-            raise ValueError(f"concurrencies must be whole numbers >= 1, got {self.loads}")
+            raise MatteserveError(f"concurrencies must be whole numbers >= 1, got {self.loads}")
         if self.mode is Mode.OPEN and any(r <= 0 for r in self.loads):
-            raise ValueError(f"arrival rates must be > 0 requests/s, got {self.loads}")
+            raise MatteserveError(f"arrival rates must be > 0 requests/s, got {self.loads}")
 
 
 async def run_one(target: Target, inputs: Sequence[bytes], plan: SweepPlan, load: float) -> runner.RunResult:
