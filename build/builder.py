@@ -10,7 +10,6 @@ from typing import Any
 
 from matteserve.build import onnx_prep, repository, tuning, weights
 from matteserve.build.configs import ServingPlan, Target
-from matteserve.errors import ModelError
 from matteserve.pipeline.decode import ImageLimits
 from matteserve.zoo import ModelSpec
 
@@ -27,12 +26,13 @@ def build(
     **plan_overrides: Any,
 ) -> Path:
     """Fetch or take the ONNX, prepare it for dynamic batching, choose the batch size and write the
-    repository. ``max_batch_size=None`` measures the model here and chooses (CPU target)."""
+    repository. ``max_batch_size=None`` measures the model here and chooses (CPU target). The GPU
+    target (TensorRT engines) is built by :mod:`matteserve.build.gpu.build`; ``plan_overrides`` there
+    may also carry its engine options (``if_stale``, ``parity_photos``, ``workspace_mib``, ...)."""
     if target is Target.GPU:
-        raise ModelError(
-            "--target gpu builds TensorRT engines and needs an NVIDIA GPU with TensorRT; "
-            "on this machine use --target cpu"
-        )
+        from matteserve.build.gpu.build import build_gpu
+
+        return build_gpu(spec, out, onnx=onnx, max_batch_size=max_batch_size, limits=limits, **plan_overrides)
     source = weights.weights_path(spec, onnx)
     with tempfile.TemporaryDirectory() as tmp:
         prepared = onnx_prep.prepare(source, spec, Path(tmp) / "model.onnx")

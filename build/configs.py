@@ -42,6 +42,11 @@ class ServingPlan:
     postprocess_instances: int = 1
     limits: ImageLimits = field(default_factory=ImageLimits)
     onnx_filename: str = "model.onnx"
+    # Triton queue priorities, 1 = highest; 0 levels = none. With 2, requests without a priority are
+    # interactive (1) and bulk callers send priority 2, so interactive calls overtake queued bulk work.
+    priority_levels: int = 0
+    # GPU: (compute capability, plan file) for every engine built, rendered as cc_model_filenames.
+    engine_files: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -51,13 +56,27 @@ class ServingPlan:
                 raise ModelError(f"{name.replace('_', ' ')} must be >= 1")
 
     @property
+    def uint8_pixels(self) -> bool:
+        """Whether preprocess sends the resized HxWx3 uint8 pixels (the engine normalises them)
+        rather than the normalised 3xHxW float32 tensor."""
+        return self.target is Target.GPU
+
+    @property
     def pixel_dims(self) -> list[int]:
         static = self.spec.size.static
-        return [3, static[1], static[0]] if static else [3, -1, -1]
+        height, width = (static[1], static[0]) if static else (-1, -1)
+        return [height, width, 3] if self.uint8_pixels else [3, height, width]
 
     @property
     def alpha_dims(self) -> list[int]:
-        return self.pixel_dims[1:]
+        static = self.spec.size.static
+        return [static[1], static[0]] if static else [-1, -1]
+
+    @property
+    def cuda_graph_batches(self) -> list[int]:
+        """Batch sizes given a captured CUDA graph: powers of two up to the max, and the max."""
+        sizes = [b for b in (1, 2, 4, 8, 16, 32, 64, 128) if b < self.max_batch_size]
+        return [*sizes, self.max_batch_size]
 
     @classmethod
     def for_host(cls, spec: ModelSpec, target: Target, cores: int | None = None, **overrides: Any) -> ServingPlan:
@@ -72,7 +91,11 @@ class ServingPlan:
         }
         if target is Target.GPU:
             # The GPU does the model; the CPU cores go to decode and encode (post is the heavier one).
-            defaults |= {"preprocess_instances": max(1, cores // 3), "postprocess_instances": max(1, cores // 2)}
+            defaults |= {
+                "preprocess_instances": max(1, cores // 3),
+                "postprocess_instances": max(1, cores // 2),
+                "priority_levels": 2,
+            }
         return cls(spec=spec, **(defaults | overrides))
 
 
@@ -94,10 +117,13 @@ def _parameters(values: dict[str, str]) -> dict[str, Any]:
 
 
 def _batching(plan: ServingPlan) -> dict[str, Any]:
-    return {
+    batching: dict[str, Any] = {
         "max_queue_delay_microseconds": plan.queue_delay_us,
         "default_queue_policy": {"max_queue_size": plan.max_queue_size},
     }
+    if plan.priority_levels:
+        batching |= {"priority_levels": plan.priority_levels, "default_priority_level": 1}
+    return batching
 
 
 def _python_model(name: str, plan: ServingPlan, instances: int, extra: dict[str, str] | None = None) -> dict[str, Any]:
@@ -112,18 +138,59 @@ def _python_model(name: str, plan: ServingPlan, instances: int, extra: dict[str,
 
 
 def preprocess_config(plan: ServingPlan) -> model_config_pb2.ModelConfig:
-    cfg = _python_model(contract.PREPROCESS, plan, plan.preprocess_instances)
+    pixels = "uint8" if plan.uint8_pixels else "float32"
+    cfg = _python_model(contract.PREPROCESS, plan, plan.preprocess_instances, {"pixels": pixels})
     cfg["input"] = [_tensor(contract.IMAGE, "TYPE_STRING", [1]), _tensor(contract.OPTIONS, "TYPE_STRING", [1])]
     cfg["output"] = [
-        _tensor(contract.PIXELS, "TYPE_FP32", plan.pixel_dims),
+        _tensor(contract.PIXELS, _PIXEL_TYPES[pixels], plan.pixel_dims),
         _tensor(contract.PREPROCESS_MS, "TYPE_FP32", [1]),
     ]
     return parse(cfg)
 
 
+_PIXEL_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32"}
+
+
+def _engine_config(plan: ServingPlan) -> dict[str, Any]:
+    """The TensorRT engine on the GPU: uint8 PIXELS in, FP32 ALPHA in [0, 1] out (see
+    matteserve.build.gpu.graph.fold_io); CUDA graphs and warm-up for the common batch sizes of a
+    fixed-size model, so the model reports ready only once its kernels are loaded and tuned."""
+    if not plan.engine_files:
+        raise ModelError("a GPU plan needs the engine files it serves (compute capability -> plan file)")
+    cfg: dict[str, Any] = {
+        "name": contract.MATTING,
+        "platform": "tensorrt_plan",
+        "max_batch_size": plan.max_batch_size,
+        "dynamic_batching": _batching(plan),
+        "instance_group": [{"count": plan.matting_instances, "kind": "KIND_GPU"}],
+        "cc_model_filenames": dict(plan.engine_files),
+        "input": [_tensor(contract.PIXELS, "TYPE_UINT8", plan.pixel_dims)],
+        "output": [_tensor(contract.ALPHA, "TYPE_FP32", plan.alpha_dims)],
+    }
+    if -1 not in plan.pixel_dims:
+        batches = plan.cuda_graph_batches
+        cfg["optimization"] = {
+            "cuda": {
+                "graphs": True,
+                "graph_spec": [
+                    {"batch_size": b, "input": {contract.PIXELS: {"dim": plan.pixel_dims}}} for b in batches
+                ],
+            }
+        }
+        cfg["model_warmup"] = [
+            {
+                "name": f"batch{b}",
+                "batch_size": b,
+                "inputs": {contract.PIXELS: {"data_type": "TYPE_UINT8", "dims": plan.pixel_dims, "random_data": True}},
+            }
+            for b in sorted({1, plan.max_batch_size})
+        ]
+    return cfg
+
+
 def matting_config(plan: ServingPlan) -> model_config_pb2.ModelConfig:
     if plan.target is Target.GPU:
-        raise ModelError("the GPU target needs TensorRT; it is built by matteserve.build.gpu on a GPU machine")
+        return parse(_engine_config(plan))
     cfg = _python_model(
         contract.MATTING,
         plan,
@@ -140,7 +207,7 @@ def postprocess_config(plan: ServingPlan) -> model_config_pb2.ModelConfig:
     cfg["input"] = [
         _tensor(contract.IMAGE, "TYPE_STRING", [1]),
         _tensor(contract.OPTIONS, "TYPE_STRING", [1]),
-        _tensor(contract.ALPHA, "TYPE_UINT8", plan.alpha_dims),
+        _tensor(contract.ALPHA, "TYPE_FP32" if plan.target is Target.GPU else "TYPE_UINT8", plan.alpha_dims),
         _tensor(contract.PREPROCESS_MS, "TYPE_FP32", [1]),
     ]
     cfg["output"] = [_tensor(contract.RESULT, "TYPE_STRING", [1]), _tensor(contract.META, "TYPE_STRING", [1])]

@@ -92,6 +92,14 @@ def build(
     output_norm: NormOpt = zoo.OutputNorm.MIN_MAX,
     max_batch_size: MaxBatchOpt = None,
     max_pixels: MaxPixelsOpt = ImageLimits.max_pixels,
+    if_stale: Annotated[
+        bool, typer.Option(help="GPU: keep the repository if its engine fits this GPU and TensorRT; else rebuild.")
+    ] = False,
+    parity_photos: Annotated[
+        Path | None, typer.Option(help="GPU: folder of photos the FP16 parity is checked on (default: skimage's).")
+    ] = None,
+    workspace_mib: Annotated[int, typer.Option(help="GPU: TensorRT builder workspace limit, MiB.")] = 4096,
+    builder_opt_level: Annotated[int, typer.Option(help="GPU: TensorRT builder optimisation level, 0-5.")] = 3,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Fetch and prepare a matting model and write a complete Triton model repository."""
@@ -99,6 +107,14 @@ def build(
 
     setup_logging(verbose)
     spec = resolve_spec(model, onnx, input_size, mean, std, scaling, output_index, activation, output_norm)
+    gpu_options = {}
+    if target is Target.GPU:
+        gpu_options = {
+            "if_stale": if_stale,
+            "parity_photos": parity_photos,
+            "workspace_mib": workspace_mib,
+            "optimisation_level": builder_opt_level,
+        }
     path = build_repository(
         spec,
         out or default_repository(spec.name, target.value),
@@ -106,6 +122,7 @@ def build(
         onnx=onnx,
         max_batch_size=max_batch_size,
         limits=ImageLimits(max_pixels=max_pixels),
+        **gpu_options,
     )
     typer.echo(f"model repository: {path}")
 
@@ -132,6 +149,7 @@ def serve(
     """Start Triton on the CPU default (building the model repository if missing) and the gRPC gateway
     in front of it, until Ctrl-C."""
     from matteserve.build.builder import build as build_repository
+    from matteserve.build.gpu.stamp import check_repository
     from matteserve.build.repository import is_current
     from matteserve.gateway import GatewayConfig, GatewayProcess
     from matteserve.tritonserver import TritonConfig, TritonServer
@@ -142,6 +160,7 @@ def serve(
     limits = ImageLimits(max_pixels=max_pixels)
     if repository is None and (rebuild or not is_current(repo, limits, max_batch_size)):
         build_repository(spec, repo, max_batch_size=max_batch_size, limits=limits)
+    check_repository(repo)  # a GPU repository's engine must fit this GPU and TensorRT
     cfg = TritonConfig(repo, address=address, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -174,6 +193,22 @@ def serve(
         typer.echo("stopping")
         gateway.stop()
         server.stop()
+
+
+@app.command("check-engine")
+def check_engine(
+    repository: Annotated[Path, typer.Argument(help="A model repository built with --target gpu.")],
+) -> None:
+    """Exit 1 unless the repository has a TensorRT engine for this node's GPU and TensorRT (for a
+    deploy entrypoint, before starting Triton)."""
+    from matteserve.build.gpu.stamp import check_repository
+
+    found = check_repository(repository)
+    typer.echo(
+        f"{found.plan}: fits (TensorRT {found.tensorrt}, sm {found.compute_capability})"
+        if found
+        else "no engines (CPU repository)"
+    )
 
 
 @app.command("models")

@@ -28,15 +28,19 @@ logger = logging.getLogger(__name__)
 DRAFT_HEADROOM = 1.5
 
 
-def preprocess(data: bytes, raw_options: bytes, spec: ModelSpec, limits: decode.ImageLimits) -> np.ndarray:
-    """Image bytes -> the model's normalised 3xHxW float32 input. Options are validated here, before
-    any model time is spent on a request that would fail later."""
+def preprocess(
+    data: bytes, raw_options: bytes, spec: ModelSpec, limits: decode.ImageLimits, uint8: bool = False
+) -> np.ndarray:
+    """Image bytes -> the model's normalised 3xHxW float32 input, or with ``uint8`` the resized HxWx3
+    pixels for a graph that normalises them itself (the GPU engine). Options are validated here,
+    before any model time is spent on a request that would fail later."""
     RequestOptions.from_json(raw_options)
     img = decode.open_image(data, limits)
     size = decode.oriented_size(img)
     model_w, model_h = spec.input_size(*size)
     rgb = decode.decode_rgb(img, min_size=(int(model_w * DRAFT_HEADROOM), int(model_h * DRAFT_HEADROOM)))
-    return tensor.normalise(tensor.resize_for_model(rgb, spec, size), spec)
+    pixels = tensor.resize_for_model(rgb, spec, size)
+    return pixels if uint8 else tensor.normalise(pixels, spec)
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,11 @@ def finalise_alpha(prediction: np.ndarray, spec: ModelSpec) -> np.ndarray:
     return np.rint(alpha).astype(np.uint8)
 
 
+def alpha_to_uint8(alpha: np.ndarray) -> np.ndarray:
+    """An alpha in [0, 1] (the GPU engine's FP32 output) -> uint8, rounded as finalise_alpha does."""
+    return np.rint(np.clip(alpha, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
 def select_output(outputs: list[np.ndarray], spec: ModelSpec) -> np.ndarray:
     """The spec's output as a batch of HxW predictions (channel 0 of an NCHW or an NHW tensor)."""
     out = outputs[spec.output_index]

@@ -7,12 +7,14 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from matteserve import stages
-from matteserve.triton_adapter import error_response, first_bytes, spec_and_limits
+from matteserve.triton_adapter import error_response, first_bytes, parameters, spec_and_limits
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.spec, self.limits = spec_and_limits(json.loads(args["model_config"]))
+        config = json.loads(args["model_config"])
+        self.spec, self.limits = spec_and_limits(config)
+        self.uint8 = parameters(config).get("pixels") == "uint8"
 
     def execute(self, requests):
         responses = []
@@ -24,6 +26,7 @@ class TritonPythonModel:
                     first_bytes(pb_utils, request, "OPTIONS"),
                     self.spec,
                     self.limits,
+                    uint8=self.uint8,
                 )
             except Exception as e:
                 responses.append(error_response(pb_utils, e, "preprocess"))
