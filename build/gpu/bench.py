@@ -1,0 +1,129 @@
+"""Numbers for the GPU path, each printed as a ratio measured in one run.
+
+``python -m matteserve.build.gpu.bench cpu``: on this CPU, what the uint8 fold changes: the bytes
+preprocess sends to the model per request, and images/s of the model step as served (normalise +
+FP32 graph + finalise, vs the folded graph on uint8 pixels), alternating rounds on the same photos.
+
+``python -m matteserve.build.gpu.bench engine REPOSITORY``: engine-only images/s of the repository's
+TensorRT engine on this GPU at batch 1/8/32/64 (up to its max), host<->device copies included.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import onnx
+import typer
+
+from matteserve import contract
+from matteserve.build import configs, onnx_prep, weights
+from matteserve.build.configs import ServingPlan, Target
+from matteserve.build.gpu import engine, graph, parity, stamp
+from matteserve.build.gpu.build import sample_photos
+from matteserve.pipeline import tensor
+from matteserve.zoo import DEFAULT_MODEL, get_spec
+
+logger = logging.getLogger(__name__)
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+_ITEM_BYTES = {"TYPE_FP32": 4, "TYPE_UINT8": 1}
+
+
+def pixel_bytes(plan: ServingPlan) -> int:
+    """Bytes of one request's PIXELS tensor, from the rendered preprocess config."""
+    out = configs.preprocess_config(plan).output[0]
+    return int(np.prod(list(out.dims))) * _ITEM_BYTES[configs.model_config_pb2.DataType.Name(out.data_type)]
+
+
+def _rate(step: Callable[[], int], seconds: float) -> float:
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        done += step()
+    return done / (time.perf_counter() - start)
+
+
+@app.command()
+def cpu(
+    seconds: Annotated[float, typer.Option(help="Seconds per round; 4 rounds per variant.")] = 2.5,
+    threads: Annotated[int, typer.Option(help="onnxruntime threads (as the CPU matting model).")] = 2,
+) -> None:
+    """Bytes and images/s of the model step on CPU, FP32 input vs the uint8 fold."""
+    spec = get_spec(DEFAULT_MODEL)
+    cpu_plan = ServingPlan.for_host(spec, Target.CPU)
+    gpu_plan = ServingPlan.for_host(spec, Target.GPU, engine_files=(("9.0", "x"),))
+    fp32_bytes, uint8_bytes = pixel_bytes(cpu_plan), pixel_bytes(gpu_plan)
+    pixels = list(parity.sample_pixels(sample_photos(), spec).values())
+    from matteserve.stages import MattingRunner
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = onnx_prep.prepare(weights.weights_path(spec), spec, Path(tmp) / "p.onnx").path
+        folded_path = Path(tmp) / "folded.onnx"
+        onnx.save(graph.fold_io(graph.simplify(onnx.load(str(prepared)), spec, Path(tmp)), spec), str(folded_path))
+        served = MattingRunner(prepared, spec, threads=threads)
+        folded = graph.session(folded_path, threads=threads)
+
+        def as_served() -> int:
+            for p in pixels:
+                served.run([tensor.normalise(p, spec)])
+            return len(pixels)
+
+        def as_folded() -> int:
+            for p in pixels:
+                tensor.alpha_to_uint8(folded.run(["ALPHA"], {"PIXELS": p[None]})[0])  # type: ignore[attr-defined]
+            return len(pixels)
+
+        as_served(), as_folded()  # warm-up
+        rates: dict[str, list[float]] = {"fp32": [], "uint8": []}
+        for _ in range(4):
+            rates["fp32"].append(_rate(as_served, seconds))
+            rates["uint8"].append(_rate(as_folded, seconds))
+    a, b = float(np.median(rates["fp32"])), float(np.median(rates["uint8"]))
+    typer.echo(f"{spec.name}, onnxruntime CPU, {threads} threads, {len(pixels)} photos, median of 4 alternating rounds")
+    typer.echo(
+        f"  PIXELS per request: FP32 {fp32_bytes:,} B  uint8 {uint8_bytes:,} B  ({fp32_bytes / uint8_bytes:.0f}x)"
+    )
+    typer.echo(f"  model step images/s: normalise+FP32 graph {a:.2f}  folded uint8 graph {b:.2f}  (ratio {b / a:.3f})")
+
+
+@app.command("engine")
+def engine_bench(
+    repository: Annotated[Path, typer.Argument(help="A repository built with --target gpu on this GPU.")],
+    batches: Annotated[
+        str, typer.Option(help="Batch sizes, comma-separated (capped at the engine's max).")
+    ] = "1,8,32,64",
+    seconds: Annotated[float, typer.Option(help="Seconds per batch size.")] = 5.0,
+) -> None:
+    """Engine-only images/s on this GPU, copies to and from the device included."""
+    found = stamp.check_repository(repository)
+    if found is None:
+        raise typer.BadParameter(f"{repository} has no TensorRT engine")
+    options = engine.EngineOptions(**(found.options | {"typing": engine.Typing(found.options["typing"])}))
+    runner = engine.EngineRunner(repository / contract.MATTING / "1" / found.plan, options)
+    rng = np.random.default_rng(0)
+    try:
+        typer.echo(f"{found.plan}: TensorRT {found.tensorrt}, compute capability {found.compute_capability}")
+        base = None
+        for batch in sorted({min(int(b), options.max_batch_size) for b in batches.split(",")}):
+            x = rng.integers(0, 256, size=options.shape(batch), dtype=np.uint8)
+
+            def step(x: np.ndarray = x) -> int:
+                runner.run(x)
+                return len(x)
+
+            step()
+            rate = _rate(step, seconds)
+            base = base or rate
+            typer.echo(f"  batch {batch:3d}: {rate:9.1f} images/s  ({rate / base:.2f}x batch 1)")
+    finally:
+        runner.close()
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    app()
