@@ -56,4 +56,10 @@ def build(
             "batch_measurements": [asdict(m) for m in measurements],
             "spec": spec.to_dict(),
         }
-        return repository.write(plan, prepared.path, out, manifest)
+        served = prepared.path
+        if plan.fold_input:
+            from matteserve.build.gpu.build import fold_for_cpu
+
+            served = Path(tmp) / "folded.onnx"
+            manifest["fold_parity"] = fold_for_cpu(prepared.path, spec, served).to_dict()
+        return repository.write(plan, served, out, manifest)

@@ -47,6 +47,9 @@ class ServingPlan:
     priority_levels: int = 0
     # GPU: (compute capability, plan file) for every engine built, rendered as cc_model_filenames.
     engine_files: tuple[tuple[str, str], ...] = ()
+    # CPU: serve the folded graph (matteserve.build.gpu.graph.fold_io) that takes uint8 pixels, as
+    # the GPU engine does; off by default (see docs/gpu.md for what it changed on CPU).
+    fold_input: bool = False
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -59,7 +62,7 @@ class ServingPlan:
     def uint8_pixels(self) -> bool:
         """Whether preprocess sends the resized HxWx3 uint8 pixels (the engine normalises them)
         rather than the normalised 3xHxW float32 tensor."""
-        return self.target is Target.GPU
+        return self.target is Target.GPU or self.fold_input
 
     @property
     def pixel_dims(self) -> list[int]:
@@ -197,7 +200,7 @@ def matting_config(plan: ServingPlan) -> model_config_pb2.ModelConfig:
         plan.matting_instances,
         {"onnx": plan.onnx_filename, "threads": str(plan.matting_threads)},
     )
-    cfg["input"] = [_tensor(contract.PIXELS, "TYPE_FP32", plan.pixel_dims)]
+    cfg["input"] = [_tensor(contract.PIXELS, "TYPE_UINT8" if plan.uint8_pixels else "TYPE_FP32", plan.pixel_dims)]
     cfg["output"] = [_tensor(contract.ALPHA, "TYPE_UINT8", plan.alpha_dims)]
     return parse(cfg)
 

@@ -100,6 +100,9 @@ def build(
     ] = None,
     workspace_mib: Annotated[int, typer.Option(help="GPU: TensorRT builder workspace limit, MiB.")] = 4096,
     builder_opt_level: Annotated[int, typer.Option(help="GPU: TensorRT builder optimisation level, 0-5.")] = 3,
+    fold_input: Annotated[
+        bool, typer.Option(help="CPU: preprocess sends uint8 pixels to a graph that normalises them (as on GPU).")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Fetch and prepare a matting model and write a complete Triton model repository."""
@@ -107,9 +110,9 @@ def build(
 
     setup_logging(verbose)
     spec = resolve_spec(model, onnx, input_size, mean, std, scaling, output_index, activation, output_norm)
-    gpu_options = {}
+    target_options: dict[str, object] = {"fold_input": True} if fold_input and target is Target.CPU else {}
     if target is Target.GPU:
-        gpu_options = {
+        target_options = {
             "if_stale": if_stale,
             "parity_photos": parity_photos,
             "workspace_mib": workspace_mib,
@@ -122,7 +125,7 @@ def build(
         onnx=onnx,
         max_batch_size=max_batch_size,
         limits=ImageLimits(max_pixels=max_pixels),
-        **gpu_options,
+        **target_options,
     )
     typer.echo(f"model repository: {path}")
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageChops
 
+from matteserve import contract
 from matteserve.options import OutputFormat, RequestOptions
 from matteserve.pipeline import decode, output, refine, tensor
 from matteserve.zoo import ModelSpec
@@ -97,10 +98,15 @@ class MattingRunner:
         self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.spec = spec
+        # A graph folded by matteserve.build.gpu.graph takes uint8 HxWx3 pixels and returns the alpha.
+        self.folded = self.input_name == contract.PIXELS
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Inputs of one shape (3xHxW each) -> one HxW uint8 alpha each, in one model call."""
+        """Inputs of one shape (3xHxW float32 each, HxWx3 uint8 for a folded graph) -> one HxW uint8
+        alpha each, in one model call."""
         batch = np.stack(inputs) if len(inputs) > 1 else inputs[0][None]
+        if self.folded:
+            return list(tensor.alpha_to_uint8(self.session.run([contract.ALPHA], {contract.PIXELS: batch})[0]))
         predictions = tensor.select_output(self.session.run(None, {self.input_name: batch}), self.spec)
         return [tensor.finalise_alpha(p, self.spec) for p in predictions]
 

@@ -4,6 +4,9 @@
 preprocess sends to the model per request, and images/s of the model step as served (normalise +
 FP32 graph + finalise, vs the folded graph on uint8 pixels), alternating rounds on the same photos.
 
+``python -m matteserve.build.gpu.bench fold-e2e``: the same comparison end to end through Triton on
+CPU, the default repository vs ``matteserve build --fold-input``, alternating rounds in one run.
+
 ``python -m matteserve.build.gpu.bench engine REPOSITORY``: engine-only images/s of the repository's
 TensorRT engine on this GPU at batch 1/8/32/64 (up to its max), host<->device copies included.
 """
@@ -89,6 +92,84 @@ def cpu(
         f"  PIXELS per request: FP32 {fp32_bytes:,} B  uint8 {uint8_bytes:,} B  ({fp32_bytes / uint8_bytes:.0f}x)"
     )
     typer.echo(f"  model step images/s: normalise+FP32 graph {a:.2f}  folded uint8 graph {b:.2f}  (ratio {b / a:.3f})")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _closed_loop(grpc_url: str, images: list[bytes], concurrency: int, seconds: float) -> float:
+    """Images/s through the ensemble with ``concurrency`` requests always in flight (PNG cut-outs)."""
+    import threading
+
+    import tritonclient.grpc as grpcclient
+
+    done = [0] * concurrency
+    deadline = time.perf_counter() + seconds
+
+    def worker(i: int) -> None:
+        client = grpcclient.InferenceServerClient(grpc_url)
+        while time.perf_counter() < deadline:
+            inputs = []
+            for name, value in ((contract.IMAGE, images[(i + done[i]) % len(images)]), (contract.OPTIONS, b"{}")):
+                t = grpcclient.InferInput(name, [1, 1], "BYTES")
+                t.set_data_from_numpy(np.array([[value]], dtype=np.object_))
+                inputs.append(t)
+            client.infer(contract.ENSEMBLE, inputs, client_timeout=120)
+            done[i] += 1
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(done) / (time.perf_counter() - start)
+
+
+@app.command("fold-e2e")
+def fold_e2e(
+    out: Annotated[Path, typer.Option(help="Folder for the two repositories and Triton logs.")] = Path("bench-fold"),
+    size: Annotated[int, typer.Option(help="Square JPEG size in px.")] = 1024,
+    seconds: Annotated[float, typer.Option(help="Seconds per round.")] = 20.0,
+    rounds: Annotated[int, typer.Option(help="Alternating rounds per repository.")] = 3,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 4,
+    max_batch_size: Annotated[int, typer.Option(help="Same max batch for both repositories.")] = 2,
+) -> None:
+    """End-to-end images/s through Triton on CPU: default repository vs ``--fold-input``, alternating
+    rounds on the same photos in one run."""
+    import io
+
+    from PIL import Image
+
+    from matteserve.build.builder import build
+    from matteserve.tritonserver import TritonConfig, TritonServer
+
+    spec = get_spec(DEFAULT_MODEL)
+    images = []
+    for arr in sample_photos().values():
+        buf = io.BytesIO()
+        Image.fromarray(arr).resize((size, size), Image.Resampling.BICUBIC).save(buf, "JPEG", quality=90)
+        images.append(buf.getvalue())
+    repos = {
+        "fp32 pixels": build(spec, out / "repo-default", max_batch_size=max_batch_size),
+        "uint8 fold": build(spec, out / "repo-fold", max_batch_size=max_batch_size, fold_input=True),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in repos}
+    for r in range(rounds):
+        for name, repo in repos.items():
+            cfg = TritonConfig(repo, http_port=_free_port(), grpc_port=_free_port(), metrics_port=_free_port())
+            with TritonServer(cfg, log_path=out / f"triton-{repo.name}.log") as server:
+                _closed_loop(server.cfg.grpc_url, images, concurrency, min(3.0, seconds))  # warm-up
+                rates[name].append(_closed_loop(server.cfg.grpc_url, images, concurrency, seconds))
+            typer.echo(f"round {r + 1} {name}: {rates[name][-1]:.2f} images/s")
+    a, b = (float(np.median(v)) for v in rates.values())
+    typer.echo(f"{size}px JPEG -> PNG, concurrency {concurrency}, max batch {max_batch_size}, median of {rounds}")
+    typer.echo(f"  end-to-end images/s: fp32 pixels {a:.2f}  uint8 fold {b:.2f}  (ratio {b / a:.3f})")
 
 
 @app.command("engine")

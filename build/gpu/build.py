@@ -115,6 +115,28 @@ def prepare_graphs(
     return Graphs(fp32_path, fp16_path, tuple(sorted(keep)), (fp32_report, fp16_report), nodes)
 
 
+def fold_for_cpu(
+    prepared: Path, spec: ModelSpec, out: Path, photos: dict[str, np.ndarray] | None = None
+) -> parity.ParityReport:
+    """The CPU target's ``fold_input`` graph: simplified and folded (uint8 in, alpha out) in FP32,
+    checked against ``prepared`` on photos; raises :class:`ModelError` if it differs."""
+    pixels = parity.sample_pixels(photos or sample_photos(), spec)
+    with tempfile.TemporaryDirectory() as tmp:
+        folded = graph.fold_io(graph.simplify(onnx.load(str(prepared)), spec, Path(tmp)), spec)
+    report = parity.check(
+        "the folded FP32 graph",
+        parity.reference(graph.session(prepared), spec),
+        parity.folded(graph.session(folded)),
+        pixels,
+        *parity.fp32_limits(),
+    )
+    logger.info("%s", report.table())
+    if not report.passed:
+        raise ModelError(f"{spec.name}: the folded graph changed the matte:\n{report.table()}")
+    onnx.save(folded, str(out))
+    return report
+
+
 def engine_options(
     plan: ServingPlan, typing: engine.Typing, keep_fp32: tuple[str, ...], **extra: Any
 ) -> engine.EngineOptions:
