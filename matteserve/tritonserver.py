@@ -123,6 +123,15 @@ def environment() -> dict[str, str]:
     return env
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGTERM tritonserver when the process that started it
+    dies, so a crashed or killed CLI or test run never leaves a server holding its ports."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class TritonServer:
     """A tritonserver process: start, wait until ready, stop (SIGINT, then SIGKILL)."""
 
@@ -135,7 +144,12 @@ class TritonServer:
         log = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
         logger.info("starting Triton: %s", " ".join(command(self.cfg)))
         self.process = subprocess.Popen(
-            command(self.cfg), env=environment(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command(self.cfg),
+            env=environment(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         self.wait_ready(timeout)
         return self
