@@ -53,7 +53,8 @@ class Result:
 
 
 def postprocess(data: bytes, raw_options: bytes, alpha: np.ndarray, limits: decode.ImageLimits) -> Result:
-    """The model's alpha (HxW uint8) + the original bytes -> the encoded result at the original size.
+    """The model's alpha (HxW: uint8 from the CPU model, float in [0, 1] from the GPU engine) + the
+    original bytes -> the encoded result at the original size.
 
     What was already transparent in the input stays transparent: the matte is multiplied by the
     input's own alpha where it has one (product shots often arrive already cut out).
@@ -61,6 +62,8 @@ def postprocess(data: bytes, raw_options: bytes, alpha: np.ndarray, limits: deco
     options = RequestOptions.from_json(raw_options)
     img = decode.open_image(data, limits)
     size = decode.oriented_size(img)
+    if alpha.dtype != np.uint8:
+        alpha = tensor.alpha_to_uint8(alpha)
     mask = output.upsample_alpha(alpha, size)
     fmt = options.format
     if fmt in (OutputFormat.PNG, OutputFormat.WEBP):

@@ -42,3 +42,11 @@ def test_transparent_input_stays_transparent_in_every_output() -> None:
     assert matte[:, 55:].min() == 255
     cutout = stages.postprocess(png(img), b'{"format": "png"}', alpha, LIMITS)
     assert np.asarray(Image.open(io.BytesIO(cutout.data)))[40, 10, 3] == 0
+
+
+def test_postprocess_takes_the_gpu_engines_float_alpha_as_the_cpu_models_uint8() -> None:
+    data = png(Image.new("RGB", (64, 48), (1, 2, 3)))
+    as_float = np.linspace(0, 1, 320 * 320, dtype=np.float32).reshape(320, 320)
+    as_uint8 = np.rint(as_float * 255).astype(np.uint8)
+    raw = b'{"format": "raw"}'
+    assert stages.postprocess(data, raw, as_float, LIMITS) == stages.postprocess(data, raw, as_uint8, LIMITS)

@@ -7,13 +7,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from matteserve import stages
-from matteserve.pipeline import tensor
 from matteserve.triton_adapter import error_response, first_bytes, spec_and_limits
-
-
-def as_uint8(alpha):
-    """The CPU matting model sends uint8; the GPU engine sends FP32 in [0, 1]."""
-    return alpha if alpha.dtype == np.uint8 else tensor.alpha_to_uint8(alpha)
 
 
 class TritonPythonModel:
@@ -28,7 +22,7 @@ class TritonPythonModel:
                 result = stages.postprocess(
                     first_bytes(pb_utils, request, "IMAGE"),
                     first_bytes(pb_utils, request, "OPTIONS"),
-                    as_uint8(pb_utils.get_input_tensor_by_name(request, "ALPHA").as_numpy()[0]),
+                    pb_utils.get_input_tensor_by_name(request, "ALPHA").as_numpy()[0],
                     self.limits,
                 )
             except Exception as e:
