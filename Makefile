@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages the stack needs: the python stub embeds the system libpython; venv support.
 # libb64-0d: perf_analyzer (make perf-analyzer) links it.
-APT_PACKAGES := libpython3.11 python3-venv libb64-0d
+APT_PACKAGES := libpython3.11 python3-venv libb64-0d prometheus
 
 .PHONY: help system-deps install proto serve test lint typecheck unit integration perf-analyzer clean
 
