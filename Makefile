@@ -52,7 +52,7 @@ unit: install
 integration: install
 	$(BIN)/pytest tests/integration
 
-test: lint typecheck
+test: lint typecheck perf-analyzer
 	$(BIN)/pytest || [ $$? -eq 5 ]  # 5: no tests collected is not a failure
 
 # Triton's perf_analyzer, from the tritonclient 2.51.0 wheel (pip download --no-deps, only the binary

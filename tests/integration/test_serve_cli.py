@@ -36,7 +36,13 @@ def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> l
 def test_serve_starts_triton_answers_and_stops_cleanly_on_sigterm(
     repository: Path, make_photo: Callable[..., bytes]
 ) -> None:
-    ports = {"--http-port": free_port(), "--grpc-port": free_port(), "--metrics-port": free_port()}
+    ports = {
+        "--http-port": free_port(),
+        "--grpc-port": free_port(),
+        "--metrics-port": free_port(),
+        "--gateway-port": free_port(),
+        "--gateway-metrics-port": free_port(),
+    }
     args = [sys.executable, "-m", "matteserve.cli", "serve", "--repository", str(repository)]
     for flag, port in ports.items():
         args += [flag, str(port)]
