@@ -17,9 +17,15 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "deploy" / "docker"
 COMPOSE = ROOT / "deploy" / "compose"
-DOCKERFILES = sorted(DOCKER.glob("Dockerfile.*"))
+DOCKERFILES = sorted(p for p in DOCKER.glob("Dockerfile.*") if p.suffix != ".dockerignore")
 STACKS = sorted(COMPOSE.glob("compose.*.yml"))
 ENTRYPOINT = DOCKER / "triton-gpu-entrypoint.sh"
+
+
+def test_every_image_generates_the_grpc_stubs_before_installing() -> None:
+    for dockerfile in DOCKERFILES:
+        runs = " ".join(args for op, args in instructions(dockerfile) if op == "RUN")
+        assert re.search(r"gateway/protogen\.py .*pip install [^&]*\. ", runs + " "), dockerfile.name
 
 
 def test_there_are_the_three_images() -> None:
