@@ -27,7 +27,12 @@ class LogFormat(str, enum.Enum):
 
 @app.command()
 def main(
-    triton: Annotated[list[str], typer.Option(help="Triton gRPC endpoint host:port; repeat for several.")] = [  # noqa: B006
+    triton: Annotated[
+        list[str],
+        typer.Option(
+            help="Triton gRPC endpoint host:port, or dns:///name:port for one endpoint per address the name resolves to; repeat for several."
+        ),
+    ] = [  # noqa: B006
         c.DEFAULT_TRITON
     ],
     host: Annotated[str, typer.Option(help="Address to listen on (non-loopback needs API keys).")] = "127.0.0.1",

@@ -11,8 +11,9 @@ import asyncio
 import itertools
 import json
 import logging
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,23 @@ CHANNEL_ARGS: list[tuple[str, Any]] = [
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
 ]
+
+
+DNS_PREFIX = "dns:///"
+
+
+async def resolve_ips(host: str, port: int) -> list[str]:
+    """IPv4 addresses of ``host`` (IPv6 where it has none), as a headless Service publishes its pods."""
+    loop = asyncio.get_running_loop()
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)
+        except socket.gaierror:
+            continue
+        ips = sorted({str(info[4][0]) for info in infos})
+        if ips:
+            return [f"[{ip}]" if family == socket.AF_INET6 else ip for ip in ips]
+    raise OSError(f"{host} resolves to no address")
 
 
 @dataclass
@@ -70,22 +88,59 @@ class TritonPool:
     _tasks: set[asyncio.Task[None]] = field(init=False, default_factory=set)
     _any_ready: bool | None = field(init=False, default=None)
 
+    resolve: Callable[[str, int], Awaitable[list[str]]] = field(default=lambda host, port: resolve_ips(host, port))
+    _retired: list[Endpoint] = field(init=False, default_factory=list)
+
     def __post_init__(self) -> None:
-        self.endpoints = [
-            Endpoint(url, tritongrpc.InferenceServerClient(url, channel_args=CHANNEL_ARGS)) for url in self.urls
-        ]
-        for ep in self.endpoints:
-            self.metrics.endpoint_up.labels(ep.url).set(0)
+        self.endpoints = [self._endpoint(url) for url in self.urls if not url.startswith(DNS_PREFIX)]
+
+    def _endpoint(self, url: str) -> Endpoint:
+        self.metrics.endpoint_up.labels(url).set(0)
+        return Endpoint(url, tritongrpc.InferenceServerClient(url, channel_args=CHANNEL_ARGS))
 
     async def start(self) -> None:
+        await self.refresh_dns()
         await self.probe_all()
         self._spawn(self._health_loop())
+
+    async def refresh_dns(self) -> None:
+        """Expand each ``dns:///host:port`` into one endpoint per address it resolves to now.
+
+        A Kubernetes headless Service resolves to every ready Triton pod, so the pool follows the
+        autoscaler: new pods join, gone pods leave (closed once their last request is done). A
+        failed lookup keeps the endpoints already known.
+        """
+        wanted: set[str] = set()
+        dynamic = [u for u in self.urls if u.startswith(DNS_PREFIX)]
+        for url in dynamic:
+            host, _, port = url.removeprefix(DNS_PREFIX).rpartition(":")
+            try:
+                wanted |= {f"{ip}:{port}" for ip in await self.resolve(host, int(port))}
+            except OSError as e:
+                logger.warning("cannot resolve %s: %s; keeping the endpoints known so far", url, e)
+                return
+        if not dynamic:
+            return
+        static = {u for u in self.urls if not u.startswith(DNS_PREFIX)}
+        known = {ep.url for ep in self.endpoints}
+        for url in sorted(wanted - known):
+            logger.info("Triton endpoint %s joined", url, extra={"endpoint": url})
+            self.endpoints.append(self._endpoint(url))
+        for ep in [ep for ep in self.endpoints if ep.url not in wanted | static]:
+            logger.info("Triton endpoint %s left", ep.url, extra={"endpoint": ep.url})
+            self.endpoints.remove(ep)
+            self.metrics.endpoint_up.remove(ep.url)
+            self._retired.append(ep)
+        for ep in [ep for ep in self._retired if ep.in_flight == 0]:
+            self._retired.remove(ep)
+            await ep.client.close()
 
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.gather(*(ep.client.close() for ep in self.endpoints), return_exceptions=True)
+        endpoints = [*self.endpoints, *self._retired]
+        await asyncio.gather(*(ep.client.close() for ep in endpoints), return_exceptions=True)
 
     @property
     def models(self) -> set[str]:
@@ -183,6 +238,8 @@ class TritonPool:
         return str(spec["name"])
 
     def _set_ready(self, ep: Endpoint, ready: bool) -> None:
+        if ep not in self.endpoints:
+            return  # left the pool (DNS) while its probe was running
         if ep.ready != ready:
             logger.info("Triton %s is %s", ep.url, "ready" if ready else "NOT ready", extra={"endpoint": ep.url})
         ep.ready = ready
@@ -195,6 +252,7 @@ class TritonPool:
     async def _health_loop(self) -> None:
         while True:
             await asyncio.sleep(self.health_interval_s)
+            await self.refresh_dns()
             await self.probe_all()
 
     def _spawn(self, coro: Any) -> None:
