@@ -30,7 +30,8 @@ def main(
     triton: Annotated[
         list[str],
         typer.Option(
-            help="Triton gRPC endpoint host:port, or dns:///name:port for one endpoint per address the name resolves to; repeat for several."
+            help="Triton gRPC endpoint host:port, or dns:///name:port for one endpoint per address "
+            "the name resolves to; repeat for several."
         ),
     ] = [  # noqa: B006
         c.DEFAULT_TRITON
