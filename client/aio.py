@@ -60,10 +60,11 @@ class AsyncClient:
         background: str | None = None,
         quality: int | None = None,
         model: str | None = None,
+        refine: bool = False,
         timeout: float | None = None,
         request_id: str | None = None,
     ) -> RemoveResult:
-        request = build_request(image, format, background, quality, model)
+        request = build_request(image, format, background, quality, model, refine)
         deadline = time.monotonic() + (timeout or self.timeout)
         retry = 0
         while True:
@@ -89,10 +90,11 @@ class AsyncClient:
         background: str | None = None,
         quality: int | None = None,
         model: str | None = None,
+        refine: bool = False,
         timeout: float | None = None,
     ) -> AsyncIterator[StreamItem]:
         requests = (
-            pb.RemoveStreamRequest(id=item_id, request=build_request(image, format, background, quality, model))
+            pb.RemoveStreamRequest(id=item_id, request=build_request(image, format, background, quality, model, refine))
             for item_id, image in items
         )
         call = self._stub.RemoveStream(requests, timeout=timeout or self.timeout, metadata=metadata(self.api_key, None))

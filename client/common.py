@@ -94,9 +94,14 @@ def build_request(
     background: str | None = None,
     quality: int | None = None,
     model: str | None = None,
+    refine: bool = False,
 ) -> pb.RemoveRequest:
     options = pb.Options(
-        format=FORMATS[OutputFormat(format)], background=background or "", quality=quality or 0, model=model or ""
+        format=FORMATS[OutputFormat(format)],
+        background=background or "",
+        quality=quality or 0,
+        model=model or "",
+        refine=refine,
     )
     return pb.RemoveRequest(image=image, options=options)
 

@@ -56,11 +56,12 @@ class Client:
         background: str | None = None,
         quality: int | None = None,
         model: str | None = None,
+        refine: bool = False,
         timeout: float | None = None,
         request_id: str | None = None,
     ) -> RemoveResult:
         """Remove the background of one encoded image. ``timeout`` covers every retry."""
-        request = build_request(image, format, background, quality, model)
+        request = build_request(image, format, background, quality, model, refine)
         deadline = time.monotonic() + (timeout or self.timeout)
         retry = 0
         while True:
@@ -86,11 +87,12 @@ class Client:
         background: str | None = None,
         quality: int | None = None,
         model: str | None = None,
+        refine: bool = False,
         timeout: float | None = None,
     ) -> Iterator[StreamItem]:
         """(id, image) pairs over one stream; yields each id's result or error as it completes."""
         requests = (
-            pb.RemoveStreamRequest(id=item_id, request=build_request(image, format, background, quality, model))
+            pb.RemoveStreamRequest(id=item_id, request=build_request(image, format, background, quality, model, refine))
             for item_id, image in items
         )
         try:

@@ -53,6 +53,7 @@ def to_options(message: pb.Options) -> RequestOptions:
         kwargs["background"] = parse_colour(message.background)
     if message.quality:
         kwargs["quality"] = message.quality
+    kwargs["refine"] = message.refine
     return RequestOptions(**kwargs)
 
 

@@ -41,8 +41,9 @@ def alpha_of(data: bytes, content_type: str, size: tuple[int, int]) -> np.ndarra
         {"format": "webp", "quality": 60},
         {"format": "jpeg", "background": "#00ff00", "quality": 80},
         {"format": "raw"},
+        {"format": "mask", "refine": True},
     ],
-    ids=lambda o: o["format"],
+    ids=lambda o: o["format"] + ("-refined" if o.get("refine") else ""),
 )
 def test_every_format_through_the_gateway_matches_triton_direct(
     gateway_client: Client, triton_infer: Infer, photo: bytes, options: dict[str, Any]
