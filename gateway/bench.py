@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import socket
 import statistics
@@ -26,17 +25,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import skimage.data
 import tritonclient.grpc.aio as tritongrpc
-from PIL import Image
 
 from matteserve import contract
 from matteserve.client import AsyncClient, RetryPolicy
 from matteserve.gateway.config import GatewayConfig
 from matteserve.gateway.launcher import GatewayProcess
+from matteserve.loadtest.images import PHOTOS, photo_jpeg
 from matteserve.options import OutputFormat, RequestOptions
-
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
 
 @dataclass(frozen=True)
@@ -49,13 +45,8 @@ class Side:
 
 
 def photos(size: int) -> list[bytes]:
-    out = []
-    for name in PHOTOS:
-        img = Image.fromarray(getattr(skimage.data, name)()).resize((size, size), Image.Resampling.BICUBIC)
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=90)
-        out.append(buf.getvalue())
-    return out
+    """Real photos (scikit-image), centre-cropped to size x size JPEGs, as the load test uses."""
+    return [photo_jpeg(name, size) for name in PHOTOS]
 
 
 def free_port() -> int:

@@ -12,7 +12,6 @@ and prints the ratios. Run it on a quiet machine:
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import socket
 import tempfile
@@ -21,29 +20,21 @@ import time
 from pathlib import Path
 
 import numpy as np
-import skimage.data
 import tritonclient.grpc as grpcclient
-from PIL import Image
 
 from matteserve import contract, stages
 from matteserve.build.builder import build
 from matteserve.build.repository import read_manifest
+from matteserve.loadtest.images import PHOTOS, photo_jpeg
 from matteserve.options import RequestOptions
 from matteserve.pipeline.decode import ImageLimits
 from matteserve.tritonserver import TritonConfig, TritonServer
 from matteserve.zoo import get_spec
 
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
-
 
 def photos(size: int) -> list[bytes]:
-    out = []
-    for name in PHOTOS:
-        img = Image.fromarray(getattr(skimage.data, name)()).resize((size, size), Image.Resampling.BICUBIC)
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=90)
-        out.append(buf.getvalue())
-    return out
+    """Real photos (scikit-image), centre-cropped to size x size JPEGs, as the load test uses."""
+    return [photo_jpeg(name, size) for name in PHOTOS]
 
 
 def free_port() -> int:
