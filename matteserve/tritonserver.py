@@ -117,6 +117,10 @@ def environment() -> dict[str, str]:
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    # The stub's embedded interpreter is configured isolated and may ignore PYTHONPATH; it finds its
+    # prefix from the first `python3` on PATH, so this environment's interpreter must come first
+    # there (a venv's pyvenv.cfg then brings its site-packages), activated shell or not.
+    env["PATH"] = os.pathsep.join(filter(None, [str(Path(sys.executable).parent), env.get("PATH")]))
     env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(_libs_dir()), env.get("LD_LIBRARY_PATH")]))
     # One model instance must not spawn a thread per core for numpy/BLAS on top of onnxruntime's pool.
     env.setdefault("OMP_NUM_THREADS", "1")
