@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,9 +21,21 @@ BAD = [b"", b"this is not an image"]
 
 
 def ensemble_successes(server: TritonServer) -> int:
-    snapshot = triton_metrics.scrape(server.cfg.metrics_url)
-    assert snapshot is not None
-    return round(snapshot.get(("nv_inference_request_success", contract.ENSEMBLE), 0.0))
+    """Triton's ensemble success count once it has settled: requests another test (or the run just
+    finished) left in flight are counted as they complete, just after their responses leave."""
+
+    def read() -> int:
+        snapshot = triton_metrics.scrape(server.cfg.metrics_url)
+        assert snapshot is not None
+        return round(snapshot.get(("nv_inference_request_success", contract.ENSEMBLE), 0.0))
+
+    last, deadline = read(), time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        if (now := read()) == last:
+            return now
+        last = now
+    return last
 
 
 @pytest.fixture(scope="module")
