@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -40,27 +42,40 @@ def render(plan: ServingPlan) -> dict[str, str]:
     }
 
 
-def write(plan: ServingPlan, onnx: Path, out: Path, manifest: dict[str, Any]) -> Path:
-    """Write the repository next to ``out`` and swap it in whole, so a failed build never leaves a
-    half-written repository that Triton would try to load."""
+@contextlib.contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A fresh folder next to ``out`` that replaces ``out`` whole when the block succeeds and is
+    removed when it fails, so a failed build never leaves a half-written repository that Triton
+    would try to load."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        for model, pbtxt in render(plan).items():
-            (staging / model / "1").mkdir(parents=True)
-            (staging / model / "config.pbtxt").write_text(pbtxt)
-            adapter = ADAPTERS / model / "1" / "model.py"
-            if adapter.is_file():
-                shutil.copy2(adapter, staging / model / "1" / "model.py")
-        shutil.copy2(onnx, staging / contract.MATTING / "1" / plan.onnx_filename)
-        stamp = {"matteserve": __version__, "adapters_sha256": adapters_digest(), **manifest}
-        (staging / MANIFEST).write_text(json.dumps(stamp, indent=2) + "\n")
+        yield staging
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def fill(plan: ServingPlan, onnx: Path, folder: Path, manifest: dict[str, Any]) -> None:
+    """Write every model's config, its adapter, the ONNX and the build manifest into ``folder``."""
+    for model, pbtxt in render(plan).items():
+        (folder / model / "1").mkdir(parents=True)
+        (folder / model / "config.pbtxt").write_text(pbtxt)
+        adapter = ADAPTERS / model / "1" / "model.py"
+        if adapter.is_file():
+            shutil.copy2(adapter, folder / model / "1" / "model.py")
+    shutil.copy2(onnx, folder / contract.MATTING / "1" / plan.onnx_filename)
+    stamp = {"matteserve": __version__, "adapters_sha256": adapters_digest(), **manifest}
+    (folder / MANIFEST).write_text(json.dumps(stamp, indent=2) + "\n")
+
+
+def write(plan: ServingPlan, onnx: Path, out: Path, manifest: dict[str, Any]) -> Path:
+    """Write the repository and swap it in whole (see :func:`staged`)."""
+    with staged(out) as staging:
+        fill(plan, onnx, staging, manifest)
     logger.info("wrote the %s model repository to %s", plan.target.value, out)
     return out
 

@@ -268,21 +268,13 @@ def build_gpu(
             "trtexec": trtexec,
             "spec": spec.to_dict(),
         }
-        staging = out.parent / f".{out.name}.gpu-staging"
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
-            repository.write(plan, built_from, staging, manifest)
+        with repository.staged(out) as staging:
+            repository.fill(plan, built_from, staging, manifest)
             engines = staging / contract.MATTING / "1"
             shutil.copy2(built.plan, engines / plan_file)
             new_stamp.write(engines)
             for old in carried:
                 shutil.copy2(out / contract.MATTING / "1" / old.plan, engines / old.plan)
                 old.write(engines)
-            if out.exists():
-                shutil.rmtree(out)
-            staging.rename(out)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
     logger.info("wrote the GPU model repository to %s (engines: %s)", out, dict(plan.engine_files))
     return out
