@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator, Iterable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from matteserve.api.v1 import matteserve_pb2 as pb
+from matteserve.api.v1 import matteserve_pb2_grpc as pb_grpc
 from matteserve.client.common import (
     DEFAULT_TARGET,
     TLS,
@@ -23,8 +25,6 @@ from matteserve.client.common import (
 )
 from matteserve.client.errors import from_rpc_error
 from matteserve.client.sync import _stream_item
-from matteserve.gateway.v1 import matteserve_pb2 as pb
-from matteserve.gateway.v1 import matteserve_pb2_grpc as pb_grpc
 from matteserve.options import OutputFormat
 
 

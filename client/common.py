@@ -9,19 +9,12 @@ from typing import Any
 
 import grpc
 
+from matteserve.api import FORMAT_TO_PROTO, REQUEST_ID_KEY
+from matteserve.api.v1 import matteserve_pb2 as pb
 from matteserve.client.errors import RETRYABLE
-from matteserve.gateway.v1 import matteserve_pb2 as pb
 from matteserve.options import OutputFormat
 
 DEFAULT_TARGET = "127.0.0.1:50051"
-
-FORMATS = {
-    OutputFormat.PNG: pb.OUTPUT_FORMAT_PNG,
-    OutputFormat.MASK: pb.OUTPUT_FORMAT_MASK,
-    OutputFormat.WEBP: pb.OUTPUT_FORMAT_WEBP,
-    OutputFormat.JPEG: pb.OUTPUT_FORMAT_JPEG,
-    OutputFormat.RAW: pb.OUTPUT_FORMAT_RAW,
-}
 
 
 @dataclass(frozen=True)
@@ -97,7 +90,7 @@ def build_request(
     refine: bool = False,
 ) -> pb.RemoveRequest:
     options = pb.Options(
-        format=FORMATS[OutputFormat(format)],
+        format=FORMAT_TO_PROTO[OutputFormat(format)],
         background=background or "",
         quality=quality or 0,
         model=model or "",
@@ -123,7 +116,7 @@ def metadata(api_key: str | None, request_id: str | None) -> list[tuple[str, str
     if api_key:
         out.append(("authorization", f"Bearer {api_key}"))
     if request_id:
-        out.append(("x-request-id", request_id))
+        out.append((REQUEST_ID_KEY, request_id))
     return out
 
 

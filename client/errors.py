@@ -9,6 +9,7 @@ from __future__ import annotations
 import grpc
 
 from matteserve import errors
+from matteserve.api import REQUEST_ID_KEY
 
 
 class RemoteError(errors.MatteserveError):
@@ -70,5 +71,5 @@ def from_rpc_error(e: grpc.RpcError) -> RemoteError:
     code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
     details = (e.details() if hasattr(e, "details") else None) or str(e)
     trailing = e.trailing_metadata() if hasattr(e, "trailing_metadata") else None
-    rid = next((str(v) for k, v in trailing or () if k == "x-request-id"), None)
+    rid = next((str(v) for k, v in trailing or () if k == REQUEST_ID_KEY), None)
     return from_status(code, details, rid)

@@ -8,6 +8,8 @@ from collections.abc import Iterable, Iterator
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from matteserve.api.v1 import matteserve_pb2 as pb
+from matteserve.api.v1 import matteserve_pb2_grpc as pb_grpc
 from matteserve.client.common import (
     DEFAULT_TARGET,
     TLS,
@@ -21,8 +23,6 @@ from matteserve.client.common import (
     to_result,
 )
 from matteserve.client.errors import from_rpc_error, from_status
-from matteserve.gateway.v1 import matteserve_pb2 as pb
-from matteserve.gateway.v1 import matteserve_pb2_grpc as pb_grpc
 from matteserve.options import OutputFormat
 
 

@@ -11,12 +11,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from matteserve.api.v1 import matteserve_pb2_grpc as pb_grpc
 from matteserve.gateway.auth import KeyRing
 from matteserve.gateway.backends import TritonPool
 from matteserve.gateway.config import ConfigError, GatewayConfig, is_loopback
 from matteserve.gateway.metrics import GatewayMetrics
 from matteserve.gateway.service import SERVICE_NAME, BackgroundRemovalService
-from matteserve.gateway.v1 import matteserve_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
 

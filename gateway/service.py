@@ -16,31 +16,23 @@ from typing import Any
 
 import grpc
 
+from matteserve.api import FORMAT_FROM_PROTO as FORMATS
+from matteserve.api import REQUEST_ID_KEY
+from matteserve.api.v1 import matteserve_pb2 as pb
+from matteserve.api.v1 import matteserve_pb2_grpc as pb_grpc
 from matteserve.errors import InvalidOptions, Overloaded
 from matteserve.gateway.auth import KeyRing
 from matteserve.gateway.backends import TritonPool
 from matteserve.gateway.config import GatewayConfig
 from matteserve.gateway.metrics import GatewayMetrics
 from matteserve.gateway.status import code_of, message_of
-from matteserve.gateway.v1 import matteserve_pb2 as pb
-from matteserve.gateway.v1 import matteserve_pb2_grpc as pb_grpc
-from matteserve.options import OutputFormat, RequestOptions, parse_colour
+from matteserve.options import RequestOptions, parse_colour
 from matteserve.pipeline.decode import open_image
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["BackgroundRemoval"].full_name
-REQUEST_ID_KEY = "x-request-id"
 _CALLER_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-
-FORMATS = {
-    pb.OUTPUT_FORMAT_UNSPECIFIED: OutputFormat.PNG,
-    pb.OUTPUT_FORMAT_PNG: OutputFormat.PNG,
-    pb.OUTPUT_FORMAT_MASK: OutputFormat.MASK,
-    pb.OUTPUT_FORMAT_WEBP: OutputFormat.WEBP,
-    pb.OUTPUT_FORMAT_JPEG: OutputFormat.JPEG,
-    pb.OUTPUT_FORMAT_RAW: OutputFormat.RAW,
-}
 
 Metadata = Sequence[tuple[str, str | bytes]]
 

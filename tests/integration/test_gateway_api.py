@@ -98,8 +98,8 @@ def test_stream_results_carry_the_callers_ids_and_a_bad_item_does_not_end_the_st
 def test_the_callers_request_id_comes_back_in_the_response_and_trailing_metadata(
     gateway: GatewayProcess, photo: bytes
 ) -> None:
+    from matteserve.api.v1 import matteserve_pb2_grpc as pb_grpc
     from matteserve.client.common import build_request
-    from matteserve.gateway.v1 import matteserve_pb2_grpc as pb_grpc
 
     with grpc.insecure_channel(gateway.target) as channel:
         stub = pb_grpc.BackgroundRemovalStub(channel)

@@ -14,6 +14,8 @@ import grpc
 import pytest
 
 from matteserve import errors as core
+from matteserve.api.v1 import matteserve_pb2 as pb
+from matteserve.api.v1 import matteserve_pb2_grpc as pb_grpc
 from matteserve.client import AsyncClient, Client, RetryPolicy
 from matteserve.client.common import retry_delay
 from matteserve.client.errors import (
@@ -25,8 +27,6 @@ from matteserve.client.errors import (
     Unauthenticated,
     from_status,
 )
-from matteserve.gateway.v1 import matteserve_pb2 as pb
-from matteserve.gateway.v1 import matteserve_pb2_grpc as pb_grpc
 
 from ..conftest import free_port  # type: ignore[import-not-found]
 

@@ -1,1 +1,0 @@
-"""Stubs generated from gateway/proto/matteserve/v1/matteserve.proto by gateway/protogen.py."""
