@@ -3,10 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages the stack needs: the python stub embeds the system libpython; venv support.
-# libb64-0d: perf_analyzer (make perf-analyzer) links it.
-APT_PACKAGES := libpython3.11 python3-venv libb64-0d prometheus
+# libb64-0d: perf_analyzer (make perf-analyzer) links it. prometheus and openssl: the tests run them.
+APT_PACKAGES := libpython3.11 python3-venv libb64-0d prometheus openssl
 
-.PHONY: help system-deps install proto serve test lint typecheck unit integration perf-analyzer clean
+.PHONY: help system-deps install serve test lint typecheck unit integration perf-analyzer clean
 
 help:
 	@echo "make serve  - build the default model and start Triton on 127.0.0.1 (Ctrl-C stops)"
@@ -20,21 +20,15 @@ system-deps:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
-$(BIN)/.installed: pyproject.toml
+# Installing builds the package, which generates the gRPC stubs from the proto (setup.py).
+$(BIN)/.installed: pyproject.toml setup.py matteserve/api/proto/matteserve/v1/matteserve.proto
 	$(MAKE) system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-# The gateway's gRPC stubs are generated, never committed.
-PROTO_STUBS := gateway/v1/matteserve_pb2.py gateway/v1/matteserve_pb2_grpc.py gateway/v1/matteserve_pb2.pyi
-$(PROTO_STUBS) &: gateway/proto/matteserve/v1/matteserve.proto gateway/protogen.py $(BIN)/.installed
-	$(BIN)/python gateway/protogen.py
-
-proto: $(PROTO_STUBS)
-
-install: $(BIN)/.installed proto
+install: $(BIN)/.installed
 
 serve: install
 	$(BIN)/matteserve serve
@@ -61,4 +55,4 @@ perf-analyzer: install
 	$(BIN)/python -m matteserve.loadtest.perf_analyzer
 
 clean:
-	rm -rf $(VENV) .mypy_tree .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .setuptools-build .mypy_tree .mypy_cache .pytest_cache .ruff_cache
