@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import socket
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +33,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def installed_tool(name: str, installed_by: str) -> str:
+    """A program the project's install provides: beside this interpreter first (a venv's bin/ is not on
+    PATH under `make test`), else on PATH. Missing fails the test, never skips it: the check would
+    otherwise pass unseen wherever the install is incomplete."""
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    found = shutil.which(name, path=search)
+    if found is None:
+        pytest.fail(f"{name} is not installed: {installed_by}")
+    return found
 
 
 def jpeg_bytes(img: Image.Image | np.ndarray, quality: int = 90, **save: object) -> bytes:

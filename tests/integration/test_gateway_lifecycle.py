@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import threading
 import time
@@ -18,20 +17,19 @@ from matteserve.client.errors import BackendUnavailable
 from matteserve.gateway import GatewayProcess, TLSConfig
 from matteserve.tritonserver import TritonServer
 
-from ..conftest import start_gateway  # type: ignore[import-not-found]
+from ..conftest import installed_tool, start_gateway  # type: ignore[import-not-found]
 
 NO_RETRY = RetryPolicy(attempts=1)
 
 
 def openssl(*args: str | Path) -> None:
-    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+    binary = installed_tool("openssl", "`make system-deps` installs the Debian package openssl")
+    subprocess.run([binary, *map(str, args)], check=True, capture_output=True)
 
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A throw-away CA, a server certificate for 127.0.0.1 and a client certificate."""
-    if shutil.which("openssl") is None:
-        pytest.skip("no openssl binary to make test certificates (Debian package openssl)")
     d = tmp_path_factory.mktemp("certs")
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
             "-keyout", d / "ca.key", "-out", d / "ca.pem")  # fmt: skip

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 import urllib.parse
@@ -18,7 +17,7 @@ from matteserve.client.errors import InvalidRequest
 from matteserve.gateway import GatewayProcess
 from matteserve.tritonserver import TritonServer
 
-from ..conftest import free_port, start_gateway  # type: ignore[import-not-found]
+from ..conftest import free_port, installed_tool, start_gateway  # type: ignore[import-not-found]
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -102,9 +101,7 @@ def test_gauges_show_a_healthy_idle_gateway(counted: tuple[GatewayProcess, Sampl
 def test_a_real_prometheus_scrapes_the_same_counts(
     gateway_under_test: GatewayProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.skip("no prometheus binary: `make system-deps` installs the Debian package prometheus")
+    binary = installed_tool("prometheus", "`make system-deps` installs the Debian package prometheus")
     root = tmp_path_factory.mktemp("prometheus")
     target = f"{gateway_under_test.cfg.metrics_host}:{gateway_under_test.cfg.metrics_port}"
     config = root / "prometheus.yml"

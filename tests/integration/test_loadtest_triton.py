@@ -133,10 +133,7 @@ def test_loadtest_command_writes_consistent_json_csv_and_png(
 def test_perf_analyzer_measures_the_same_ensemble_with_the_generated_input_file(
     triton: TritonServer, mixed_inputs: list[bytes], tmp_path: Path
 ) -> None:
-    try:
-        perf_analyzer.check()
-    except perf_analyzer.PerfAnalyzerMissing as e:
-        pytest.skip(f"perf_analyzer is not installed here ({e})")
+    perf_analyzer.check()  # `make test` installs it first (make perf-analyzer); missing is a failure
     before = ensemble_successes(triton)
     result = perf_analyzer.run(
         triton.cfg.grpc_url, mixed_inputs[:2], b'{"format": "png"}', 1, tmp_path, requests_per_window=6

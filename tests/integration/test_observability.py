@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -29,6 +28,8 @@ from matteserve.client import Client
 from matteserve.errors import MatteserveError
 from matteserve.gateway import GatewayProcess
 from matteserve.tritonserver import TritonServer
+
+from ..conftest import installed_tool  # type: ignore[import-not-found]
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "observability"
 RULE_FILES = sorted((DEPLOY / "rules").glob("*.yml"))
@@ -138,10 +139,7 @@ def write_config(path: Path, targets: dict[str, str]) -> Path:
 
 @pytest.fixture(scope="module")
 def prometheus_binary() -> str:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.skip("no prometheus binary: `make system-deps` installs the Debian package prometheus")
-    return binary
+    return installed_tool("prometheus", "`make system-deps` installs the Debian package prometheus")
 
 
 @pytest.fixture(scope="module")

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from ..conftest import installed_tool  # type: ignore[import-not-found]
 
 OBSERVABILITY = Path(__file__).resolve().parents[2] / "deploy" / "observability"
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("promtool") is None, reason="no promtool: `make system-deps` installs the Debian package prometheus"
-)
-
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["promtool", *args], cwd=OBSERVABILITY, capture_output=True, text=True, check=False)
+    binary = installed_tool("promtool", "`make system-deps` installs the Debian package prometheus")
+    return subprocess.run([binary, *args], cwd=OBSERVABILITY, capture_output=True, text=True, check=False)
 
 
 def test_the_compose_prometheus_config_and_its_rules_pass_promtool() -> None:
