@@ -14,11 +14,9 @@ from matteserve.options import OutputFormat
 REQUEST_ID_KEY = "x-request-id"
 
 # OUTPUT_FORMAT_<NAME> in the proto is OutputFormat.<NAME>; a test checks that both list the same formats.
-FORMAT_TO_PROTO: dict[OutputFormat, pb.OutputFormat.ValueType] = {
-    f: pb.OutputFormat.Value(f"OUTPUT_FORMAT_{f.name}") for f in OutputFormat
-}
+FORMAT_TO_PROTO: dict[OutputFormat, pb.OutputFormat] = {f: getattr(pb, f"OUTPUT_FORMAT_{f.name}") for f in OutputFormat}
 # An unset format (an older or minimal caller) means PNG.
-FORMAT_FROM_PROTO: dict[pb.OutputFormat.ValueType, OutputFormat] = {
+FORMAT_FROM_PROTO: dict[pb.OutputFormat, OutputFormat] = {
     pb.OUTPUT_FORMAT_UNSPECIFIED: OutputFormat.PNG,
     **{v: f for f, v in FORMAT_TO_PROTO.items()},
 }
