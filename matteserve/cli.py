@@ -15,6 +15,7 @@ from matteserve import zoo
 from matteserve.build.configs import Target
 from matteserve.client.remove_cli import remove
 from matteserve.errors import MatteserveError
+from matteserve.extras import missing_extra
 from matteserve.loadtest.cli import bench, loadtest
 from matteserve.paths import default_repository
 from matteserve.pipeline.decode import ImageLimits
@@ -230,8 +231,12 @@ app.command("bench")(bench)
 def main() -> None:
     try:
         app()
-    except MatteserveError as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+    except (MatteserveError, ModuleNotFoundError) as e:
+        # A subcommand imports its extra's packages when it runs (`build` needs the server extra).
+        error = missing_extra(e) if isinstance(e, ModuleNotFoundError) else e
+        if error is None:
+            raise
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise SystemExit(1) from None
 
 

@@ -35,7 +35,7 @@ def _wheel_root() -> Path:
         import pytriton
     except ImportError as e:
         raise BackendUnavailable(
-            "the Triton server comes from the nvidia-pytriton wheel: pip install matteserve"
+            "the Triton server comes from the nvidia-pytriton wheel: pip install 'matteserve[server]'"
         ) from e
     return Path(pytriton.__file__).parent / "tritonserver"
 

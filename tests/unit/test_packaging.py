@@ -4,13 +4,19 @@ without Triton or the model runtimes (what the slim gateway image installs)."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from matteserve.extras import EXTRA_OF_MODULE
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_RUNTIMES = {"nvidia-pytriton", "onnxruntime", "onnx"}
@@ -58,15 +64,26 @@ def fresh_venv(root: Path, requirement: str) -> Path:
     the build requirements from the registry or pip's cache)."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
     python = root / "bin" / "python"
-    pip = [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--disable-pip-version-check"]
+    pip = [
+        sys.executable,
+        "-m",
+        "pip",
+        "--python",
+        str(python),
+        "install",
+        "--quiet",
+        "--no-compile",
+        "--disable-pip-version-check",
+    ]
     result = subprocess.run([*pip, requirement], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     return python
 
 
-def run_in(python: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    # Outside the repository, so that its source folders cannot stand in for what was installed.
-    return subprocess.run([str(python), *args], cwd=python.parent, capture_output=True, text=True, check=False)
+def run_in(program: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run a program of a fresh venv from its bin/, outside the repository, whose source folders could
+    otherwise stand in for what was installed."""
+    return subprocess.run([str(program), *args], cwd=program.parent, capture_output=True, text=True, check=False)
 
 
 def test_the_base_install_is_a_working_client_with_no_server_side_package(clean_copy: Path, tmp_path: Path) -> None:
@@ -80,6 +97,11 @@ def test_the_base_install_is_a_working_client_with_no_server_side_package(clean_
     assert found["error"] == {"type": "BackendUnavailable", "code": "UNAVAILABLE"}
     assert "matteserve" in found["installed"]
     assert not (SERVER_RUNTIMES | {"tritonclient"}) & set(found["installed"])
+    # The command is installed with the package; without an extra it says which one to install.
+    command = run_in(python.parent / "matteserve", "--help")
+    assert command.returncode == 1
+    assert "pip install 'matteserve[gateway]'" in command.stderr
+    assert "Traceback" not in command.stderr
     # setuptools built outside the source folder build/ (the matteserve.build package): no build/lib.
     assert sorted((clean_copy / "build").rglob("*")) == before
 
@@ -96,3 +118,23 @@ def test_the_gateway_extra_runs_the_gateway_without_triton_or_the_model_runtimes
     probe = run_in(python, "-c", CLIENT_PROBE)
     assert probe.returncode == 0, probe.stderr
     assert not SERVER_RUNTIMES & set(json.loads(probe.stdout)["installed"])
+    matteserve = python.parent / "matteserve"
+    assert run_in(matteserve, "remove", "--help").returncode == 0
+    # A server subcommand gets as far as importing the server side, and says what to install.
+    build = run_in(matteserve, "build", "--out", str(tmp_path / "repository"))
+    assert build.returncode == 1
+    assert "pip install 'matteserve[server]'" in build.stderr
+    assert "Traceback" not in build.stderr
+
+
+def test_every_module_the_commands_name_as_missing_is_installed_by_the_extra_they_name() -> None:
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    named = {extra: {canonicalize_name(Requirement(r).name) for r in extras[extra]} for extra in extras}
+    providers = importlib.metadata.packages_distributions()
+    for module, extra in EXTRA_OF_MODULE.items():
+        assert {canonicalize_name(d) for d in providers[module]} & named[extra], f"{extra} does not install {module}"
+    # ... and every package those extras add is in the table, so none goes missing without a message.
+    covered = {(canonicalize_name(d), extra) for module, extra in EXTRA_OF_MODULE.items() for d in providers[module]}
+    for extra in ("gateway", "server", "loadtest"):
+        for name in named[extra] - {"matteserve"}:
+            assert (name, extra) in covered, f"{name} ({extra} extra) is missing from EXTRA_OF_MODULE"
