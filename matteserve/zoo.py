@@ -1,7 +1,7 @@
 """Typed specs of the matting models matteserve knows, with their exact preprocessing.
 
 A spec says how to turn an RGB image into the model's input tensor and the model's output into an
-alpha matte. The constants follow rembg's sessions (see shared FACTS); a user ONNX comes with a
+alpha matte. The constants are those of rembg's sessions (rembg/sessions/*.py); a user ONNX comes with a
 spec built from command-line options (:func:`custom_spec`).
 """
 
