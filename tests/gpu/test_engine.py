@@ -28,17 +28,11 @@ from matteserve.options import RequestOptions
 from matteserve.pipeline.decode import ImageLimits
 from matteserve.zoo import get_spec
 
+from ..conftest import free_port  # type: ignore[import-not-found]
+
 pytestmark = pytest.mark.gpu
 SPEC = get_spec("u2netp")
 MAX_BATCH = 8
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

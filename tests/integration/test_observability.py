@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -29,7 +28,7 @@ from matteserve.errors import MatteserveError
 from matteserve.gateway import GatewayProcess
 from matteserve.tritonserver import TritonServer
 
-from ..conftest import installed_tool  # type: ignore[import-not-found]
+from ..conftest import free_port, installed_tool  # type: ignore[import-not-found]
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "observability"
 RULE_FILES = sorted((DEPLOY / "rules").glob("*.yml"))
@@ -67,12 +66,6 @@ class Prometheus:
         except OSError:
             return False
         return bool(targets) and all(t["health"] == "up" for t in targets)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def finite_values(result: list[dict[str, Any]]) -> list[float]:
