@@ -14,20 +14,18 @@ from pathlib import Path
 import pytest
 
 from matteserve import contract
-from matteserve.gateway import GatewayConfig, GatewayProcess
+from matteserve.gateway import GatewayProcess
 from matteserve.loadtest import gateway_metrics, triton_metrics
 from matteserve.loadtest.runner import Bounds, closed_loop
 from matteserve.loadtest.targets import GatewayTarget
 from matteserve.tritonserver import TritonServer
 
-from ..conftest import free_port  # type: ignore[import-not-found]
+from ..conftest import start_gateway  # type: ignore[import-not-found]
 
 
 @pytest.fixture(scope="module")
 def loadtest_gateway(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    cfg = GatewayConfig(tritons=(triton.cfg.grpc_url,), port=free_port(), metrics_port=free_port())
-    log = tmp_path_factory.mktemp("gateway") / "gateway.log"
-    with GatewayProcess(cfg, log_path=log) as gateway:
+    with start_gateway([triton.cfg.grpc_url], tmp_path_factory.mktemp("gateway")) as gateway:
         yield gateway
 
 
