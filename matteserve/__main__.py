@@ -17,7 +17,7 @@ def main() -> None:
     except ModuleNotFoundError as e:
         if (missing := missing_extra(e)) is None:
             raise
-        sys.exit(f"error: the matteserve command: {missing}")
+        sys.exit(f"error: {missing}")
     run()
 
 
