@@ -140,14 +140,16 @@ def fold_for_cpu(
 def engine_options(
     plan: ServingPlan, typing: engine.Typing, keep_fp32: tuple[str, ...], **extra: Any
 ) -> engine.EngineOptions:
-    """The engine's profile comes from the plan's max batch size: the same value config.pbtxt gets."""
+    """The engine's profile is the plan's :attr:`ServingPlan.engine_profile_batches`: the same values
+    that render config.pbtxt's max batch size, preferred batch sizes and CUDA graphs."""
     static = plan.spec.size.static
     assert static is not None  # prepare_graphs refused size-rule models
+    _, opt, high = plan.engine_profile_batches
     return engine.EngineOptions(
         height=static[1],
         width=static[0],
-        max_batch_size=plan.max_batch_size,
-        opt_batch_size=extra.pop("opt_batch_size", None) or plan.max_batch_size,
+        max_batch_size=high,
+        opt_batch_size=extra.pop("opt_batch_size", None) or opt,
         typing=typing,
         keep_fp32=keep_fp32 if typing is engine.Typing.FP16_FLAG else (),
         **extra,
