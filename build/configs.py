@@ -19,7 +19,6 @@ from matteserve.errors import ModelError
 from matteserve.pipeline.decode import ImageLimits
 from matteserve.zoo import ModelSpec
 
-
 # On GPU the pre/post python steps take batches of at most this many (see ServingPlan).
 GPU_PYTHON_MAX_BATCH = 2
 GPU_TYPICAL_BATCH = 8
