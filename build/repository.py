@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from matteserve import __version__, contract
-from matteserve.build import configs
+from matteserve.build import configs, locks
 from matteserve.build.configs import ServingPlan
 from matteserve.model_repository import ADAPTERS
 from matteserve.pipeline.decode import ImageLimits
@@ -46,14 +46,18 @@ def render(plan: ServingPlan) -> dict[str, str]:
 def staged(out: Path) -> Iterator[Path]:
     """A fresh folder next to ``out`` that replaces ``out`` whole when the block succeeds and is
     removed when it fails, so a failed build never leaves a half-written repository that Triton
-    would try to load."""
+    would try to load. The swap holds ``out``'s lock (:func:`locks.exclusive`): two processes
+    writing one repository on a shared volume replace it one after the other, never interleaved."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         yield staging
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        with locks.exclusive(out):
+            old = staging.with_name(staging.name + ".old")
+            if out.exists():
+                out.rename(old)
+            staging.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
