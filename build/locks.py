@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 def lock_path(folder: Path) -> Path:
     """The lock file for ``folder``: in its parent, so it survives ``folder`` being replaced."""
-    return folder.parent / f".{folder.name}.lock"
+    return folder.parent / f".{folder.name}-lock"
 
 
 @contextlib.contextmanager

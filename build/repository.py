@@ -53,14 +53,20 @@ def staged(out: Path) -> Iterator[Path]:
     try:
         yield staging
         with locks.exclusive(out):
-            old = staging.with_name(staging.name + ".old")
-            if out.exists():
-                out.rename(old)
-            staging.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
+            swap_in(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def swap_in(staging: Path, out: Path) -> None:
+    """Replace ``out`` by ``staging`` (same file system) with two renames; the caller holds
+    ``out``'s lock."""
+    old = staging.with_name(staging.name + ".old")
+    if out.exists():
+        out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def fill(plan: ServingPlan, onnx: Path, folder: Path, manifest: dict[str, Any]) -> None:
