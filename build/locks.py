@@ -8,6 +8,7 @@ locks that the server arbitrates between clients.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import time
@@ -28,8 +29,17 @@ def exclusive(folder: Path) -> Iterator[None]:
     process holds it. Locks on different folders are independent; one process must not nest two
     ``exclusive`` blocks on the same folder (the inner one would wait forever)."""
     path = lock_path(folder)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("a")
+    except OSError as e:
+        if e.errno not in (errno.EROFS, errno.EACCES):
+            raise
+        # A read-only store (KServe mounts its volume so): no process can write it, so nothing races.
+        logger.info("%s is read-only (%s): reading it without a lock", folder, e.strerror)
+        yield
+        return
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

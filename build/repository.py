@@ -90,6 +90,16 @@ def write(plan: ServingPlan, onnx: Path, out: Path, manifest: dict[str, Any]) ->
     return out
 
 
+def python_instances(repository: Path) -> int:
+    """Python-backend model instances Triton starts for ``repository`` (each has its own shm region)."""
+    total = 0
+    for path in sorted(repository.glob("*/config.pbtxt")):
+        cfg = configs.from_pbtxt(path.read_text())
+        if cfg.backend == "python":
+            total += sum(max(1, g.count) for g in cfg.instance_group) or 1
+    return total
+
+
 def read_manifest(repository: Path) -> dict[str, Any] | None:
     path = repository / MANIFEST
     return json.loads(path.read_text()) if path.is_file() else None

@@ -237,6 +237,31 @@ def check_engine(
         typer.secho(f"warning: FP32 engine: {found.build.get('fp16_fallback')}", fg=typer.colors.YELLOW, err=True)
 
 
+@app.command("tensorrt-version")
+def tensorrt_version() -> None:
+    """Print this node's TensorRT: libnvinfer's version, which the tensorrt Python package must equal;
+    exit 1 when either is missing or they differ (the GPU image runs this when it is built)."""
+    from matteserve.build.gpu import stamp
+
+    library, package = stamp.tensorrt_library_version(), stamp.tensorrt_package_version()
+    typer.echo(f"libnvinfer {library or 'not found'}; tensorrt package {package or 'not installed'}")
+    stamp.agreed_tensorrt(library, package)
+    if library is None or package is None:
+        raise MatteserveError("the GPU build needs both libnvinfer and the tensorrt Python package of its release")
+
+
+@app.command("python-shm")
+def python_shm(
+    repository: Annotated[Path, typer.Argument(help="A built model repository.")],
+) -> None:
+    """Print the python backend's shm-default-byte-size for this repository in this container: its
+    python instances' starting regions together within half of /dev/shm, at most 256 MiB each."""
+    from matteserve import container
+    from matteserve.build.repository import python_instances
+
+    typer.echo(container.python_shm_bytes(python_instances(repository), container.dev_shm_bytes()))
+
+
 @app.command("models")
 def list_models() -> None:
     """List the model zoo."""

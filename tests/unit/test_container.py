@@ -91,3 +91,22 @@ def test_instance_counts_follow_the_container_budget_not_the_host(
     monkeypatch.setenv("MATTESERVE_CPUS", "4")
     plan = ServingPlan.for_host(ZOO["u2netp"], Target.GPU)
     assert (plan.preprocess_instances, plan.postprocess_instances) == (1, 2)
+
+
+def test_triton_gets_a_shm_region_sized_for_the_repository_python_instances(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from matteserve.build import repository
+    from matteserve.build.configs import ServingPlan, Target
+    from matteserve.cli import app
+    from matteserve.zoo import ZOO
+
+    plan = ServingPlan.for_host(ZOO["u2netp"], Target.GPU, cores=12, engine_files=(("9.0", "model.sm90.plan"),))
+    for model, text in repository.render(plan).items():
+        (tmp_path / model).mkdir()
+        (tmp_path / model / "config.pbtxt").write_text(text)
+    instances = plan.preprocess_instances + plan.postprocess_instances
+    assert repository.python_instances(tmp_path) == instances == 4 + 6  # the engine and ensemble are not python
+    result = CliRunner().invoke(app, ["python-shm", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert int(result.output) == container.python_shm_bytes(instances, container.dev_shm_bytes())

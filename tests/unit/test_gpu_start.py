@@ -265,3 +265,19 @@ def test_the_batch_gate_runs_batches_of_n_and_reports_each_photo_worst_copy() ->
     assert many.batch == 8
     assert not many.passed
     assert [p.photo for p in many.photos] == ["a", "b", "c"]
+
+
+def test_the_build_reads_baked_photo_sets_and_refuses_a_folder_without_a_gate_set(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for folder, names in (("calibration", ("a", "b")), ("gate", ("logo-white",))):
+        (tmp_path / folder).mkdir()
+        for name in names:
+            Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / folder / f"{name}.png")
+    sets = build.photo_sets(tmp_path)
+    assert (sorted(sets.calibration), sorted(sets.gate)) == (["a", "b"], ["logo-white"])
+    assert sets.gate["logo-white"].shape == (30, 40, 3)
+    for png in (tmp_path / "gate").iterdir():
+        png.unlink()
+    with pytest.raises(ModelError, match="both calibration/ and gate/"):
+        build.photo_sets(tmp_path)
