@@ -122,11 +122,8 @@ class ServingPlan:
         }
         if target is Target.GPU:
             # The GPU does the model; the CPU cores go to decode and encode (post is the heavier one).
-            defaults |= {
-                "preprocess_instances": max(1, cores // 3),
-                "postprocess_instances": max(1, cores // 2),
-                "priority_levels": 2,
-            }
+            pre, post = container.gpu_python_instances(cores)
+            defaults |= {"preprocess_instances": pre, "postprocess_instances": post, "priority_levels": 2}
         return cls(spec=spec, **(defaults | overrides))
 
 

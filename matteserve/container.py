@@ -83,6 +83,12 @@ def cpu_cores(root: Path = CGROUP_ROOT, env: Mapping[str, str] | None = None) ->
     return max(1, math.floor(cpu_budget(root, env)))
 
 
+def gpu_python_instances(cores: int) -> tuple[int, int]:
+    """(preprocess, postprocess) python instances on a GPU node: the GPU runs the model and the
+    cores decode and encode; postprocess (alpha upsample + encode) is the heavier of the two."""
+    return max(1, cores // 3), max(1, cores // 2)
+
+
 def python_shm_bytes(instances: int, shm_total: int) -> int:
     """The python backend's ``shm-default-byte-size``: every instance's starting region together
     stays within :data:`SHM_SHARE` of /dev/shm (``shm_total`` bytes), at most
