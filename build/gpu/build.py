@@ -32,7 +32,7 @@ import onnx
 from matteserve import contract
 from matteserve.build import locks, onnx_prep, repository, weights
 from matteserve.build.configs import ServingPlan, Target
-from matteserve.build.gpu import engine, fp16, graph, parity, photos, stamp
+from matteserve.build.gpu import engine, fp16, graph, parity, photos, stamp, store
 from matteserve.errors import ModelError
 from matteserve.pipeline import tensor
 from matteserve.pipeline.decode import ImageLimits
@@ -43,9 +43,7 @@ logger = logging.getLogger(__name__)
 # Sized for a GPU: at 320x320 a batch of 32 is 9.8 MB of uint8 input; TensorRT's kernels for
 # u2netp-sized convolutions fill an H100 only from batches of a few tens.
 GPU_MAX_BATCH = 32
-ENGINES_ENV = "MATTESERVE_ENGINES"
 PHOTOS_ENV = "MATTESERVE_PARITY_PHOTOS"
-STORE_PLAN, STORE_GRAPH = "model.plan", "model.onnx"
 
 
 def sample_photos() -> dict[str, np.ndarray]:
@@ -280,51 +278,6 @@ def engine_recipe(plan: ServingPlan, workspace_mib: int, optimisation_level: int
     return {k: getattr(options, k) for k in keys}
 
 
-def engine_store(engines: Path, spec: ModelSpec, runtime: stamp.Runtime) -> Path:
-    return engines / spec.name / runtime.key
-
-
-def timing_cache(engines: Path, runtime: stamp.Runtime) -> Path:
-    """One per GPU model and TensorRT release: a cache from another GPU or release is not valid."""
-    return engines / "timing-caches" / f"{runtime.key}.cache"
-
-
-def default_engines(out: Path) -> Path:
-    return Path(os.environ[ENGINES_ENV]) if os.environ.get(ENGINES_ENV) else out.parent / "engines"
-
-
-def stored_engine(
-    store: Path, runtime: stamp.Runtime, source_sha256: str, recipe: dict[str, Any]
-) -> stamp.EngineStamp | None:
-    """The store's engine when it fits this GPU and TensorRT, was made from this model with these
-    options and its files are whole; else None (with the reason logged)."""
-    path = store / (STORE_PLAN + stamp.STAMP_SUFFIX)
-    if not path.is_file():
-        return None
-    try:
-        found = stamp.EngineStamp.read(path)
-    except ModelError as e:
-        logger.warning("%s", e)
-        return None
-    why = (
-        "another GPU or TensorRT"
-        if not found.matches(runtime)
-        else "another model"
-        if found.source_sha256 != source_sha256
-        else "other build options"
-        if any(found.options.get(k) != v for k, v in recipe.items())
-        else "a missing file"
-        if not ((store / STORE_PLAN).is_file() and (store / STORE_GRAPH).is_file())
-        else "another graph"
-        if weights.file_digest(store / STORE_GRAPH) != found.graph_sha256
-        else None
-    )
-    if why:
-        logger.info("the engine in %s was built for %s: rebuilding", store, why)
-        return None
-    return found
-
-
 def node_runtime() -> stamp.Runtime:
     """This node's GPU and TensorRT, the ``tensorrt`` package agreeing with ``libnvinfer``."""
     engine.tensorrt()  # says how to install it when missing
@@ -341,7 +294,7 @@ def _build_into_store(
     plan: ServingPlan,
     runtime: stamp.Runtime,
     sets: PhotoSets,
-    store: Path,
+    entry: Path,
     cache: Path,
     workspace_mib: int,
     optimisation_level: int,
@@ -375,7 +328,7 @@ def _build_into_store(
         chosen = choose_engine(graphs, engine.typing_for(trt_version), build)
         best = chosen.candidate
         new_stamp = stamp.EngineStamp(
-            plan=STORE_PLAN,
+            plan=store.PLAN,
             tensorrt=trt_version,
             compute_capability=runtime.compute_capability,
             source_sha256=source_sha,
@@ -390,23 +343,15 @@ def _build_into_store(
                 "graph_nodes": graphs.nodes,
                 "fp32_islands": list(graphs.keep_fp32),
                 "parity": [r.to_dict() for r in (*graphs.reports, *chosen.rejected, *best.reports)],
-                "trtexec": engine.trtexec_command(best.graph, Path(STORE_PLAN), best.options, cache),
+                "trtexec": engine.trtexec_command(best.graph, Path(store.PLAN), best.options, cache),
             },
         )
-        staging = Path(tempfile.mkdtemp(prefix=f".{store.name}.", dir=store.parent))
-        try:
-            shutil.copy2(best.built.plan, staging / STORE_PLAN)
-            shutil.copy2(best.graph, staging / STORE_GRAPH)
-            new_stamp.write(staging)
-            repository.swap_in(staging, store)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-    logger.info("stored the %s engine for %s in %s", chosen.precision, runtime.key, store)
+        store.put(entry, best.built.plan, best.graph, new_stamp)
+    logger.info("stored the %s engine for %s in %s", chosen.precision, runtime.key, entry)
     return new_stamp
 
 
-def render(plan: ServingPlan, spec: ModelSpec, source: Path, store: Path, found: stamp.EngineStamp, out: Path) -> Path:
+def render(plan: ServingPlan, spec: ModelSpec, source: Path, entry: Path, found: stamp.EngineStamp, out: Path) -> Path:
     """Write the repository from this image (configs, adapters, manifest) with the store's engine."""
     manifest = {
         "model": spec.name,
@@ -415,7 +360,7 @@ def render(plan: ServingPlan, spec: ModelSpec, source: Path, store: Path, found:
         "source_sha256": found.source_sha256,
         "max_batch_size": plan.max_batch_size,
         "limits": asdict(plan.limits),
-        "engine_store": str(store),
+        "engine_store": str(entry),
         "tensorrt": found.tensorrt,
         "gpu": found.gpu,
         "compute_capability": found.compute_capability,
@@ -425,9 +370,9 @@ def render(plan: ServingPlan, spec: ModelSpec, source: Path, store: Path, found:
     }
     plan_file = stamp.plan_filename(found.compute_capability)
     with repository.staged(out) as staging:
-        repository.fill(plan, store / STORE_GRAPH, staging, manifest)
+        repository.fill(plan, entry / store.GRAPH, staging, manifest)
         engines = staging / contract.MATTING / "1"
-        shutil.copy2(store / STORE_PLAN, engines / plan_file)
+        shutil.copy2(entry / store.PLAN, engines / plan_file)
         replace(found, plan=plan_file).write(engines)
     return out
 
@@ -453,7 +398,7 @@ def build_gpu(
     source = weights.weights_path(spec, onnx)
     source_sha = weights.file_digest(source)
     runtime = runtime or node_runtime()
-    engines = engines or default_engines(out)
+    engines = engines or store.default_engines(out)
     plan = ServingPlan.for_host(
         spec,
         Target.GPU,
@@ -462,12 +407,12 @@ def build_gpu(
         engine_files=((runtime.compute_capability, stamp.plan_filename(runtime.compute_capability)),),
         **plan_overrides,
     )
-    store = engine_store(engines, spec, runtime)
-    with locks.exclusive(store):
-        found = stored_engine(store, runtime, source_sha, engine_recipe(plan, workspace_mib, optimisation_level))
+    entry = store.entry(engines, spec, runtime)
+    with locks.exclusive(entry):
+        found = store.find(entry, runtime, source_sha, engine_recipe(plan, workspace_mib, optimisation_level))
         if found is not None and if_stale:
             logger.info(
-                "reusing the %s engine in %s (TensorRT %s, %s)", found.precision, store, found.tensorrt, runtime.gpu
+                "reusing the %s engine in %s (TensorRT %s, %s)", found.precision, entry, found.tensorrt, runtime.gpu
             )
         else:
             found = _build_into_store(
@@ -477,12 +422,12 @@ def build_gpu(
                 plan,
                 runtime,
                 photo_sets(parity_photos),
-                store,
-                timing_cache(engines, runtime),
+                entry,
+                store.timing_cache(engines, runtime),
                 workspace_mib,
                 optimisation_level,
             )
-        render(plan, spec, source, store, found, out)
+        render(plan, spec, source, entry, found, out)
     if found.precision != "fp16":
         logger.warning("%s serves an FP32 engine: %s", out, found.build.get("fp16_fallback"))
     logger.info("wrote the GPU model repository to %s (engine %s, %s)", out, runtime.key, found.precision)

@@ -14,7 +14,7 @@ import pytest
 from matteserve import contract
 from matteserve.build import configs, repository, weights
 from matteserve.build.configs import ServingPlan, Target
-from matteserve.build.gpu import build, engine, parity, stamp
+from matteserve.build.gpu import build, engine, parity, stamp, store
 from matteserve.build.gpu.stamp import EngineMismatch, EngineStamp, Runtime
 from matteserve.errors import ModelError
 from matteserve.model_repository import ADAPTERS
@@ -71,8 +71,8 @@ def test_engines_and_timing_caches_are_keyed_by_gpu_model_and_tensorrt(tmp_path:
     assert len(keys) == 4
     assert H100.key == "sm90-nvidia-h100-80gb-hbm3-trt10.8.0"
     assert Runtime("10.8.0.43", "9.0", "NVIDIA H100 80GB HBM3").key == H100.key, "the build number does not matter"
-    stores = {build.engine_store(tmp_path, SPEC, r) for r in (H100, a10, a40, newer)}
-    caches = {build.timing_cache(tmp_path, r) for r in (H100, a10, a40, newer)}
+    stores = {store.entry(tmp_path, SPEC, r) for r in (H100, a10, a40, newer)}
+    caches = {store.timing_cache(tmp_path, r) for r in (H100, a10, a40, newer)}
     assert len(stores) == len(caches) == 4
 
 
@@ -84,22 +84,22 @@ def gpu_plan() -> ServingPlan:
 
 def fill_store(engines: Path, runtime: Runtime, tensorrt: str | None = None, precision: str = "fp16") -> Path:
     """A stored engine as an earlier start on this GPU left it (the plan bytes are a stand-in)."""
-    store = build.engine_store(engines, SPEC, runtime)
-    store.mkdir(parents=True)
-    (store / build.STORE_PLAN).write_bytes(b"serialized engine")
-    (store / build.STORE_GRAPH).write_bytes(b"folded onnx")
+    folder = store.entry(engines, SPEC, runtime)
+    folder.mkdir(parents=True)
+    (folder / store.PLAN).write_bytes(b"serialized engine")
+    (folder / store.GRAPH).write_bytes(b"folded onnx")
     EngineStamp(
-        plan=build.STORE_PLAN,
+        plan=store.PLAN,
         tensorrt=tensorrt or runtime.tensorrt,
         compute_capability=runtime.compute_capability,
         source_sha256=weights.file_digest(weights.weights_path(SPEC)),
-        graph_sha256=weights.file_digest(store / build.STORE_GRAPH),
+        graph_sha256=weights.file_digest(folder / store.GRAPH),
         options=build.engine_recipe(gpu_plan(), 4096, 3) | {"typing": "strongly-typed"},
         gpu=runtime.gpu,
         precision=precision,
         build={"fp16_fallback": None if precision == "fp16" else "the FP16 engine failed the parity gate"},
-    ).write(store)
-    return store
+    ).write(folder)
+    return folder
 
 
 def old_repository(out: Path) -> None:
@@ -170,13 +170,13 @@ def test_an_engine_from_another_tensorrt_or_gpu_is_rebuilt_not_reused(
 
 
 def test_other_build_options_are_not_reused(tmp_path: Path) -> None:
-    store = fill_store(tmp_path, H100)
+    folder = fill_store(tmp_path, H100)
     source = weights.file_digest(weights.weights_path(SPEC))
-    assert build.stored_engine(store, H100, source, build.engine_recipe(gpu_plan(), 4096, 3)) is not None
-    assert build.stored_engine(store, H100, source, build.engine_recipe(gpu_plan(), 4096, 5)) is None
-    assert build.stored_engine(store, H100, "another model", build.engine_recipe(gpu_plan(), 4096, 3)) is None
-    (store / build.STORE_GRAPH).write_bytes(b"half written")
-    assert build.stored_engine(store, H100, source, build.engine_recipe(gpu_plan(), 4096, 3)) is None
+    assert store.find(folder, H100, source, build.engine_recipe(gpu_plan(), 4096, 3)) is not None
+    assert store.find(folder, H100, source, build.engine_recipe(gpu_plan(), 4096, 5)) is None
+    assert store.find(folder, H100, "another model", build.engine_recipe(gpu_plan(), 4096, 3)) is None
+    (folder / store.GRAPH).write_bytes(b"half written")
+    assert store.find(folder, H100, source, build.engine_recipe(gpu_plan(), 4096, 3)) is None
 
 
 def report(passed: bool) -> parity.ParityReport:
@@ -281,3 +281,15 @@ def test_the_build_reads_baked_photo_sets_and_refuses_a_folder_without_a_gate_se
         png.unlink()
     with pytest.raises(ModelError, match="both calibration/ and gate/"):
         build.photo_sets(tmp_path)
+
+
+def test_a_new_engine_replaces_the_store_entry_whole(tmp_path: Path) -> None:
+    folder = fill_store(tmp_path, H100)
+    plan, graph = tmp_path / "new.plan", tmp_path / "new.onnx"
+    plan.write_bytes(b"new engine")
+    graph.write_bytes(b"new graph")
+    new = EngineStamp(store.PLAN, "10.8.0", "9.0", "src", weights.file_digest(graph), gpu=H100.gpu, precision="fp32")
+    store.put(folder, plan, graph, new)
+    assert (folder / store.PLAN).read_bytes() == b"new engine"
+    assert EngineStamp.read(folder / (store.PLAN + stamp.STAMP_SUFFIX)).precision == "fp32"
+    assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name], "no staging left beside it"
