@@ -37,6 +37,8 @@ def exclusive(folder: Path) -> Iterator[None]:
             raise
         # A read-only store (KServe mounts its volume so): no process can write it, so nothing races.
         logger.info("%s is read-only (%s): reading it without a lock", folder, e.strerror)
+        handle = None
+    if handle is None:
         yield
         return
     with handle:

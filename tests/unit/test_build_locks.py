@@ -3,10 +3,13 @@ swap is whole, none fails, and nothing half-written or left over remains."""
 
 from __future__ import annotations
 
+import errno
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
 
 from matteserve import contract
 from matteserve.build import locks
@@ -79,3 +82,19 @@ def test_a_swap_waits_while_another_process_holds_the_repository_lock(tmp_path: 
     assert holder.returncode == 0
     assert read_manifest(out) is not None
     assert "being written by another process" in stderr, "the build waited for the lock, and says so"
+
+
+def test_a_read_only_store_is_read_without_a_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """KServe mounts the engine store read-only: no lock file can be made there, and none is needed."""
+
+    def read_only(self: Path, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "open", read_only)
+    entered = []
+    with locks.exclusive(tmp_path / "engines" / "u2netp" / "key"):
+        entered.append(True)
+    assert entered == [True]
+    monkeypatch.setattr(Path, "open", lambda *_a, **_k: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+    with pytest.raises(OSError, match="full"), locks.exclusive(tmp_path / "other"):
+        pass
