@@ -87,14 +87,16 @@ def test_a_swap_waits_while_another_process_holds_the_repository_lock(tmp_path: 
 def test_a_read_only_store_is_read_without_a_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """KServe mounts the engine store read-only: no lock file can be made there, and none is needed."""
 
-    def read_only(self: Path, *args: object, **kwargs: object) -> None:
-        raise OSError(errno.EROFS, "Read-only file system", str(self))
+    failure = [errno.EROFS]
 
-    monkeypatch.setattr(Path, "open", read_only)
+    def cannot_open(self: Path, *args: object, **kwargs: object) -> None:
+        raise OSError(failure[0], "cannot open", str(self))
+
+    monkeypatch.setattr(Path, "open", cannot_open)
     entered = []
     with locks.exclusive(tmp_path / "engines" / "u2netp" / "key"):
         entered.append(True)
     assert entered == [True]
-    monkeypatch.setattr(Path, "open", lambda *_a, **_k: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
-    with pytest.raises(OSError, match="full"), locks.exclusive(tmp_path / "other"):
+    failure[0] = errno.ENOSPC  # a full disk is not a read-only store
+    with pytest.raises(OSError, match="cannot open"), locks.exclusive(tmp_path / "other"):
         pass
