@@ -28,7 +28,7 @@ def build(
     """Fetch or take the ONNX, prepare it for dynamic batching, choose the batch size and write the
     repository. ``max_batch_size=None`` measures the model here and chooses (CPU target). The GPU
     target (TensorRT engines) is built by :mod:`matteserve.build.gpu.build`; ``plan_overrides`` there
-    may also carry its engine options (``if_stale``, ``parity_photos``, ``workspace_mib``, ...)."""
+    may also carry its engine options (``if_stale``, ``parity_photos``, ``engines``, ...)."""
     if target is Target.GPU:
         from matteserve.build.gpu.build import build_gpu
 

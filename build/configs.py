@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import enum
 import json
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
-from matteserve import contract
+from matteserve import container, contract
 from matteserve.errors import ModelError
 from matteserve.pipeline.decode import ImageLimits
 from matteserve.zoo import ModelSpec
+
+# On GPU the pre/post python steps take batches of at most this many (see ServingPlan).
+GPU_PYTHON_MAX_BATCH = 2
+GPU_TYPICAL_BATCH = 8
 
 
 class Target(str, enum.Enum):
@@ -29,12 +32,19 @@ class Target(str, enum.Enum):
 @dataclass(frozen=True)
 class ServingPlan:
     """Everything the four configs are rendered from. ``max_batch_size`` is the single source of
-    truth for batching: the ensemble, every step and (on GPU) the engine's profile use it."""
+    truth for the matting step's batching: its config and (on GPU) the engine's optimisation profile
+    (:attr:`engine_profile_batches`) and CUDA graphs come from it. On GPU the python pre/post steps
+    take :attr:`python_max_batch_size` (they work through a batch one image at a time, so a large
+    batch only keeps other instances idle); the engine's dynamic batcher is what combines requests."""
 
     spec: ModelSpec
     target: Target = Target.CPU
     max_batch_size: int = 4
     queue_delay_us: int = 0
+    # GPU engine: a short wait lets concurrent requests meet in one batch at little latency cost.
+    engine_queue_delay_us: int = 200
+    # GPU engine: instances per GPU, so one batch's copies overlap another's compute.
+    engine_instances: int = 2
     max_queue_size: int = 64
     matting_instances: int = 1
     matting_threads: int = 0  # onnxruntime intra-op threads; 0 = all cores
@@ -77,15 +87,33 @@ class ServingPlan:
 
     @property
     def cuda_graph_batches(self) -> list[int]:
-        """Batch sizes given a captured CUDA graph: powers of two up to the max, and the max."""
+        """Batch sizes given a captured CUDA graph: powers of two up to the max, and the max. They
+        are also the engine's preferred batch sizes, so the batcher forms batches a graph covers."""
         sizes = [b for b in (1, 2, 4, 8, 16, 32, 64, 128) if b < self.max_batch_size]
         return [*sizes, self.max_batch_size]
 
+    @property
+    def python_max_batch_size(self) -> int:
+        return min(GPU_PYTHON_MAX_BATCH, self.max_batch_size) if self.target is Target.GPU else self.max_batch_size
+
+    @property
+    def typical_batch_size(self) -> int:
+        """The batch the engine's profile is tuned for (its ``opt``): the largest CUDA-graph size up to
+        :data:`GPU_TYPICAL_BATCH`, what a busy node's batcher forms within a few hundred µs."""
+        return max(b for b in self.cuda_graph_batches if b <= GPU_TYPICAL_BATCH)
+
+    @property
+    def engine_profile_batches(self) -> tuple[int, int, int]:
+        """(min, opt, max) batch of the engine's optimisation profile."""
+        return 1, self.typical_batch_size, self.max_batch_size
+
     @classmethod
     def for_host(cls, spec: ModelSpec, target: Target, cores: int | None = None, **overrides: Any) -> ServingPlan:
-        """Instance counts derived from the node's cores. On CPU one matting instance uses every core
-        through onnxruntime's thread pool; pre/post get a core per ~4 (they are ~10% of the work)."""
-        cores = cores or os.cpu_count() or 1
+        """Instance counts derived from the container's CPU budget (:func:`container.cpu_cores`: the
+        cgroup quota or ``MATTESERVE_CPUS``, not the host's cores). On CPU one matting instance uses
+        every core through onnxruntime's thread pool; pre/post get a core per ~4 (they are ~10% of
+        the work)."""
+        cores = cores or container.cpu_cores()
         defaults: dict[str, Any] = {
             "target": target,
             "matting_threads": cores,
@@ -94,11 +122,8 @@ class ServingPlan:
         }
         if target is Target.GPU:
             # The GPU does the model; the CPU cores go to decode and encode (post is the heavier one).
-            defaults |= {
-                "preprocess_instances": max(1, cores // 3),
-                "postprocess_instances": max(1, cores // 2),
-                "priority_levels": 2,
-            }
+            pre, post = container.gpu_python_instances(cores)
+            defaults |= {"preprocess_instances": pre, "postprocess_instances": post, "priority_levels": 2}
         return cls(spec=spec, **(defaults | overrides))
 
 
@@ -119,9 +144,9 @@ def _parameters(values: dict[str, str]) -> dict[str, Any]:
     return {k: {"string_value": v} for k, v in values.items()}
 
 
-def _batching(plan: ServingPlan) -> dict[str, Any]:
+def _batching(plan: ServingPlan, queue_delay_us: int | None = None) -> dict[str, Any]:
     batching: dict[str, Any] = {
-        "max_queue_delay_microseconds": plan.queue_delay_us,
+        "max_queue_delay_microseconds": plan.queue_delay_us if queue_delay_us is None else queue_delay_us,
         "default_queue_policy": {"max_queue_size": plan.max_queue_size},
     }
     if plan.priority_levels:
@@ -133,7 +158,7 @@ def _python_model(name: str, plan: ServingPlan, instances: int, extra: dict[str,
     return {
         "name": name,
         "backend": "python",
-        "max_batch_size": plan.max_batch_size,
+        "max_batch_size": plan.python_max_batch_size,
         "dynamic_batching": _batching(plan),
         "instance_group": [{"count": instances, "kind": "KIND_CPU"}],
         "parameters": _parameters(_common(plan) | (extra or {})),
@@ -164,19 +189,28 @@ def _engine_config(plan: ServingPlan) -> dict[str, Any]:
         "name": contract.MATTING,
         "platform": "tensorrt_plan",
         "max_batch_size": plan.max_batch_size,
-        "dynamic_batching": _batching(plan),
-        "instance_group": [{"count": plan.matting_instances, "kind": "KIND_GPU"}],
+        "dynamic_batching": _batching(plan, plan.engine_queue_delay_us)
+        | {"preferred_batch_size": plan.cuda_graph_batches},
+        "instance_group": [{"count": plan.engine_instances, "kind": "KIND_GPU"}],
         "cc_model_filenames": dict(plan.engine_files),
         "input": [_tensor(contract.PIXELS, "TYPE_UINT8", plan.pixel_dims)],
         "output": [_tensor(contract.ALPHA, "TYPE_FP32", plan.alpha_dims)],
     }
     if -1 not in plan.pixel_dims:
         batches = plan.cuda_graph_batches
+        # graph_lower_bound: a batch between two graph sizes runs the larger graph, padded, instead of
+        # falling back to launching kernels one by one.
+        lower = [1, *(b + 1 for b in batches[:-1])]
         cfg["optimization"] = {
             "cuda": {
                 "graphs": True,
                 "graph_spec": [
-                    {"batch_size": b, "input": {contract.PIXELS: {"dim": plan.pixel_dims}}} for b in batches
+                    {
+                        "batch_size": b,
+                        "input": {contract.PIXELS: {"dim": plan.pixel_dims}},
+                        "graph_lower_bound": {"batch_size": low, "input": {contract.PIXELS: {"dim": plan.pixel_dims}}},
+                    }
+                    for low, b in zip(lower, batches, strict=True)
                 ],
             }
         }
@@ -186,7 +220,7 @@ def _engine_config(plan: ServingPlan) -> dict[str, Any]:
                 "batch_size": b,
                 "inputs": {contract.PIXELS: {"data_type": "TYPE_UINT8", "dims": plan.pixel_dims, "random_data": True}},
             }
-            for b in sorted({1, plan.max_batch_size})
+            for b in sorted(set(plan.engine_profile_batches))
         ]
     return cfg
 
@@ -231,7 +265,8 @@ def ensemble_config(plan: ServingPlan) -> model_config_pb2.ModelConfig:
     cfg = {
         "name": contract.ENSEMBLE,
         "platform": "ensemble",
-        "max_batch_size": plan.max_batch_size,
+        # Triton refuses an ensemble whose max batch exceeds a step's; callers send one image each.
+        "max_batch_size": plan.python_max_batch_size,
         "input": [_tensor(contract.IMAGE, "TYPE_STRING", [1]), _tensor(contract.OPTIONS, "TYPE_STRING", [1])],
         "output": [_tensor(contract.RESULT, "TYPE_STRING", [1]), _tensor(contract.META, "TYPE_STRING", [1])],
         "ensemble_scheduling": {

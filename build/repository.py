@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from matteserve import __version__, contract
-from matteserve.build import configs
+from matteserve.build import configs, locks
 from matteserve.build.configs import ServingPlan
 from matteserve.model_repository import ADAPTERS
 from matteserve.pipeline.decode import ImageLimits
@@ -46,17 +46,27 @@ def render(plan: ServingPlan) -> dict[str, str]:
 def staged(out: Path) -> Iterator[Path]:
     """A fresh folder next to ``out`` that replaces ``out`` whole when the block succeeds and is
     removed when it fails, so a failed build never leaves a half-written repository that Triton
-    would try to load."""
+    would try to load. The swap holds ``out``'s lock (:func:`locks.exclusive`): two processes
+    writing one repository on a shared volume replace it one after the other, never interleaved."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         yield staging
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        with locks.exclusive(out):
+            swap_in(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def swap_in(staging: Path, out: Path) -> None:
+    """Replace ``out`` by ``staging`` (same file system) with two renames; the caller holds
+    ``out``'s lock."""
+    old = staging.with_name(staging.name + ".old")
+    if out.exists():
+        out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def fill(plan: ServingPlan, onnx: Path, folder: Path, manifest: dict[str, Any]) -> None:
@@ -78,6 +88,16 @@ def write(plan: ServingPlan, onnx: Path, out: Path, manifest: dict[str, Any]) ->
         fill(plan, onnx, staging, manifest)
     logger.info("wrote the %s model repository to %s", plan.target.value, out)
     return out
+
+
+def python_instances(repository: Path) -> int:
+    """Python-backend model instances Triton starts for ``repository`` (each has its own shm region)."""
+    total = 0
+    for path in sorted(repository.glob("*/config.pbtxt")):
+        cfg = configs.from_pbtxt(path.read_text())
+        if cfg.backend == "python":
+            total += sum(max(1, g.count) for g in cfg.instance_group) or 1
+    return total
 
 
 def read_manifest(repository: Path) -> dict[str, Any] | None:

@@ -94,10 +94,25 @@ def build(
     max_batch_size: MaxBatchOpt = None,
     max_pixels: MaxPixelsOpt = ImageLimits.max_pixels,
     if_stale: Annotated[
-        bool, typer.Option(help="GPU: keep the repository if its engine fits this GPU and TensorRT; else rebuild.")
+        bool,
+        typer.Option(
+            help="GPU: reuse the stored engine if it fits this GPU, TensorRT, model and options, else build one; "
+            "the repository's other files are always written afresh from this installation."
+        ),
     ] = False,
     parity_photos: Annotated[
-        Path | None, typer.Option(help="GPU: folder of photos the FP16 parity is checked on (default: skimage's).")
+        Path | None,
+        typer.Option(
+            help="GPU: folder with calibration/ and gate/ photos for the FP16 parity gate (default: "
+            "$MATTESERVE_PARITY_PHOTOS, else scikit-image's).",
+        ),
+    ] = None,
+    engines: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="MATTESERVE_ENGINES",
+            help="GPU: engine store shared by nodes, one engine per GPU model and TensorRT (default: OUT/../engines).",
+        ),
     ] = None,
     workspace_mib: Annotated[int, typer.Option(help="GPU: TensorRT builder workspace limit, MiB.")] = 4096,
     builder_opt_level: Annotated[int, typer.Option(help="GPU: TensorRT builder optimisation level, 0-5.")] = 3,
@@ -116,6 +131,7 @@ def build(
         target_options = {
             "if_stale": if_stale,
             "parity_photos": parity_photos,
+            "engines": engines,
             "workspace_mib": workspace_mib,
             "optimisation_level": builder_opt_level,
         }
@@ -203,16 +219,48 @@ def serve(
 def check_engine(
     repository: Annotated[Path, typer.Argument(help="A model repository built with --target gpu.")],
 ) -> None:
-    """Exit 1 unless the repository has a TensorRT engine for this node's GPU and TensorRT (for a
-    deploy entrypoint, before starting Triton)."""
+    """Exit 1 unless the repository is built (it has a build manifest), by this matteserve, and, for a
+    GPU repository, has a TensorRT engine for this node's GPU and TensorRT."""
     from matteserve.build.gpu.stamp import check_repository
+    from matteserve.build.repository import is_current
 
     found = check_repository(repository)
-    typer.echo(
-        f"{found.plan}: fits (TensorRT {found.tensorrt}, sm {found.compute_capability})"
-        if found
-        else "no engines (CPU repository)"
-    )
+    if not is_current(repository):
+        raise MatteserveError(
+            f"{repository} was built by another matteserve (its adapters differ from this installation's): "
+            f"rebuild it (GPU: matteserve build --target gpu --if-stale --out {repository})"
+        )
+    if found is None:
+        typer.echo("CPU repository: no engines")
+        return
+    typer.echo(f"{found.plan}: fits (TensorRT {found.tensorrt}, sm {found.compute_capability}, {found.precision})")
+    if found.precision != "fp16":
+        typer.secho(f"warning: FP32 engine: {found.build.get('fp16_fallback')}", fg=typer.colors.YELLOW, err=True)
+
+
+@app.command("tensorrt-version")
+def tensorrt_version() -> None:
+    """Print this node's TensorRT: libnvinfer's version, which the tensorrt Python package must equal;
+    exit 1 when either is missing or they differ (the GPU image runs this when it is built)."""
+    from matteserve.build.gpu import stamp
+
+    library, package = stamp.tensorrt_library_version(), stamp.tensorrt_package_version()
+    typer.echo(f"libnvinfer {library or 'not found'}; tensorrt package {package or 'not installed'}")
+    stamp.agreed_tensorrt(library, package)
+    if library is None or package is None:
+        raise MatteserveError("the GPU build needs both libnvinfer and the tensorrt Python package of its release")
+
+
+@app.command("python-shm")
+def python_shm(
+    repository: Annotated[Path, typer.Argument(help="A built model repository.")],
+) -> None:
+    """Print the python backend's shm-default-byte-size for this repository in this container: its
+    python instances' starting regions together within half of /dev/shm, at most 256 MiB each."""
+    from matteserve import container
+    from matteserve.build.repository import python_instances
+
+    typer.echo(container.python_shm_bytes(python_instances(repository), container.dev_shm_bytes()))
 
 
 @app.command("models")

@@ -20,13 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import matteserve
+from matteserve import container
+from matteserve.build.repository import python_instances
 from matteserve.errors import BackendUnavailable
 from matteserve.paths import cache_dir
 
 logger = logging.getLogger(__name__)
 
-# Images cross the python backend's shared memory: 1 MB by default, far too small for photos.
-SHM_DEFAULT_BYTES = 64 * 1024 * 1024
+# Images cross the python backend's shared memory: 1 MB by default, far too small for photos. Each
+# instance's starting region is sized from /dev/shm and the instance count (container.python_shm_bytes).
 SHM_GROWTH_BYTES = 64 * 1024 * 1024
 
 
@@ -86,8 +88,9 @@ class TritonConfig:
 
 
 def command(cfg: TritonConfig) -> list[str]:
-    shm = f"shm-default-byte-size={SHM_DEFAULT_BYTES}"
-    growth = f"shm-growth-byte-size={SHM_GROWTH_BYTES}"
+    region = container.python_shm_bytes(python_instances(cfg.repository), container.dev_shm_bytes())
+    shm = f"shm-default-byte-size={region}"
+    growth = f"shm-growth-byte-size={min(SHM_GROWTH_BYTES, region)}"
     return [
         str(_wheel_root() / "bin" / "tritonserver"),
         f"--model-repository={cfg.repository}",

@@ -46,6 +46,25 @@ def installed_tool(name: str, installed_by: str) -> str:
     return found
 
 
+def extra_installs(extra: str) -> set[str]:
+    """The distributions ``pip install matteserve[extra]`` brings (canonical names), following the
+    matteserve[...] extras inside it."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    root = Path(__file__).resolve().parents[1]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    names: set[str] = set()
+    for req in map(Requirement, extras[extra]):
+        if canonicalize_name(req.name) == "matteserve":
+            names |= set().union(*(extra_installs(inner) for inner in req.extras))
+        else:
+            names.add(canonicalize_name(req.name))
+    return names
+
+
 def jpeg_bytes(img: Image.Image | np.ndarray, quality: int = 90, **save: object) -> bytes:
     if isinstance(img, np.ndarray):
         img = Image.fromarray(img)

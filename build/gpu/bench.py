@@ -7,6 +7,9 @@ FP32 graph + finalise, vs the folded graph on uint8 pixels), alternating rounds 
 ``python -m matteserve.build.gpu.bench fold-e2e``: the same comparison end to end through Triton on
 CPU, the default repository vs ``matteserve build --fold-input``, alternating rounds in one run.
 
+``python -m matteserve.build.gpu.bench gate``: the FP16 parity gate on this CPU (onnxruntime): the FP16
+graph with the FP32 islands chosen on the calibration photos, and without any, on the gate photos.
+
 ``python -m matteserve.build.gpu.bench engine REPOSITORY``: engine-only images/s of the repository's
 TensorRT engine on this GPU at batch 1/8/32/64 (up to its max), host<->device copies included.
 """
@@ -92,6 +95,22 @@ def cpu(
         f"  PIXELS per request: FP32 {fp32_bytes:,} B  uint8 {uint8_bytes:,} B  ({fp32_bytes / uint8_bytes:.0f}x)"
     )
     typer.echo(f"  model step images/s: normalise+FP32 graph {a:.2f}  folded uint8 graph {b:.2f}  (ratio {b / a:.3f})")
+
+
+@app.command()
+def gate(batch: Annotated[int, typer.Option(help="Batch size of the batched gate run.")] = parity.GATE_BATCH) -> None:
+    """The FP16 graph's gate reports, with and without FP32 islands."""
+    from matteserve.build.gpu import fp16
+    from matteserve.build.gpu.build import photo_sets, prepare_graphs
+
+    spec, sets = get_spec(DEFAULT_MODEL), photo_sets()
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = onnx_prep.prepare(weights.weights_path(spec), spec, Path(tmp) / "p.onnx").path
+        for keep_above, what in ((fp16.KEEP_ABOVE, "FP32 islands"), (float("inf"), "no FP32 islands")):
+            graphs = prepare_graphs(prepared, spec, sets, Path(tmp), keep_above=keep_above, batch=batch)
+            typer.echo(f"{spec.name}, {what}: {sorted(graphs.keep_fp32) or 'none'}")
+            for report in graphs.reports[1:]:
+                typer.echo(report.table())
 
 
 def _free_port() -> int:

@@ -60,6 +60,21 @@ def compute_capability(device: int = 0) -> str:
     return f"{major.value}.{minor.value}"
 
 
+# cudaDeviceProp begins with ``char name[256]`` in every CUDA release; the rest of the struct grows
+# from release to release, so it is read into a buffer far larger than any of them.
+_PROP_BUFFER_BYTES = 16384
+_NAME_BYTES = 256
+
+
+def device_name(device: int = 0) -> str:
+    """The GPU's model name, e.g. ``"NVIDIA H100 80GB HBM3"``."""
+    props = ctypes.create_string_buffer(_PROP_BUFFER_BYTES)
+    # CUDA 12's headers map cudaGetDeviceProperties to the _v2 symbol; older runtimes have only the first.
+    get = getattr(lib(), "cudaGetDeviceProperties_v2", None) or lib().cudaGetDeviceProperties
+    check(get(props, device), "cudaGetDeviceProperties")
+    return props.raw[:_NAME_BYTES].split(b"\0", 1)[0].decode(errors="replace")
+
+
 class DeviceBuffer:
     def __init__(self, nbytes: int) -> None:
         self.nbytes = nbytes

@@ -32,6 +32,7 @@ FOLDED_PREFIX = "mx_"
 class Typing(str, enum.Enum):
     STRONG = "strongly-typed"  # the FP16 ONNX decides every layer's precision
     FP16_FLAG = "fp16-flag"  # weakly typed FP32 ONNX, BuilderFlag.FP16, pinned FP32 layers
+    FP32 = "fp32"  # the fallback when FP16 fails the parity gate: the FP32 ONNX, no FP16 anywhere
 
 
 def tensorrt() -> ModuleType:
@@ -102,6 +103,8 @@ def trtexec_command(onnx: Path, plan: Path, options: EngineOptions, timing_cache
     ]
     if options.typing is Typing.STRONG:
         args.append("--stronglyTyped")
+    elif options.typing is Typing.FP32:
+        args += ["--stronglyTyped", "--noTF32"]
     else:
         args += ["--fp16", "--precisionConstraints=obey"]
         if options.keep_fp32:
@@ -149,7 +152,11 @@ def build_engine(onnx: Path, plan: Path, options: EngineOptions, timing_cache: P
     log = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(log)
     flags = 0
-    if options.typing is Typing.STRONG:
+    strong = options.typing is Typing.STRONG or (
+        options.typing is Typing.FP32 and typing_for(trt.__version__) is Typing.STRONG
+    )
+    if strong:
+        # TensorRT 11 builds strongly typed networks only; the FP32 ONNX then computes in FP32.
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     elif hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)  # TensorRT 8/9 need it said
@@ -163,6 +170,8 @@ def build_engine(onnx: Path, plan: Path, options: EngineOptions, timing_cache: P
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
     config.builder_optimization_level = options.optimisation_level
+    if options.typing is Typing.FP32:
+        config.clear_flag(trt.BuilderFlag.TF32)  # FP32 means FP32: TF32 is on by default on Ampere+
     if options.typing is Typing.FP16_FLAG:
         config.set_flag(trt.BuilderFlag.FP16)
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)

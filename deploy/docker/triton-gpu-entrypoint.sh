@@ -1,31 +1,35 @@
 #!/usr/bin/env bash
 # Start Triton (NGC build, TensorRT backend) on a matteserve GPU repository.
 #
-# 1. `matteserve check-engine` exits non-zero when the repository has no engine for this GPU's
-#    compute capability and this TensorRT; then `matteserve build --target gpu --if-stale` builds
-#    one (minutes on a new GPU type; the timing cache next to the repository shortens rebuilds).
-# 2. exec tritonserver, so it receives SIGTERM directly and drains in-flight requests.
+# 1. `matteserve build --target gpu --if-stale` writes the repository from this image at every start
+#    (configs sized to this container's CPUs, the python adapters, the manifest) and takes the engine
+#    from the engine store ($MATTESERVE_ENGINES) when its stamp matches this GPU, TensorRT, model and
+#    build options; otherwise it builds one there under the store's lock (minutes on a new GPU type; a
+#    pod starting beside it waits for the lock and then reuses that engine). It fails rather than
+#    start Triton on nothing.
+# 2. The python backend's shared-memory region per instance: MATTESERVE_PYTHON_SHM_BYTES when set,
+#    else sized from /dev/shm and the repository's python instances (`matteserve python-shm`).
+# 3. exec tritonserver, so it receives SIGTERM directly and drains in-flight requests.
 #
 # Extra arguments are passed to tritonserver.
 set -euo pipefail
 
-repository="${MATTESERVE_REPOSITORY:-/models/u2netp-gpu}"
-shm_bytes="${MATTESERVE_PYTHON_SHM_BYTES:-268435456}"
+repository="${MATTESERVE_REPOSITORY:-/srv/matteserve/u2netp-gpu}"
+model="${MATTESERVE_MODEL:-u2netp}"
+tritonserver="${MATTESERVE_TRITONSERVER:-/opt/tritonserver/bin/tritonserver}"
 
-if ! matteserve check-engine "${repository}"; then
-    echo "no engine for this GPU and TensorRT in ${repository}: building one" >&2
-    matteserve build --target gpu --out "${repository}" --if-stale
-fi
+matteserve build --target gpu --if-stale --model "${model}" --out "${repository}"
+matteserve check-engine "${repository}"
 
-# The python backend moves each image between Triton and the pre/post models through /dev/shm:
-# shm-default-byte-size is the region each python model instance starts with (big enough for a
-# 40-megapixel RGB image with no growth steps); /dev/shm must be larger than all instances together.
-exec /opt/tritonserver/bin/tritonserver \
+shm_bytes="${MATTESERVE_PYTHON_SHM_BYTES:-$(matteserve python-shm "${repository}")}"
+growth_bytes=$((shm_bytes < 67108864 ? shm_bytes : 67108864))
+
+exec "${tritonserver}" \
     --model-repository="${repository}" \
     --http-port=8000 --grpc-port=8001 --metrics-port=8002 \
     --allow-metrics=true --allow-gpu-metrics=true --metrics-interval-ms=2000 \
     --metrics-config=histogram_latencies=true \
     --backend-config="python,shm-default-byte-size=${shm_bytes}" \
-    --backend-config="python,shm-growth-byte-size=67108864" \
+    --backend-config="python,shm-growth-byte-size=${growth_bytes}" \
     --exit-timeout-secs=30 \
     "$@"

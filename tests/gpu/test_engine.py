@@ -22,8 +22,8 @@ from matteserve import contract, stages
 from matteserve.build import configs, onnx_prep, weights
 from matteserve.build.builder import build
 from matteserve.build.configs import Target
-from matteserve.build.gpu import engine, graph, parity, stamp
-from matteserve.build.gpu.build import prepare_graphs
+from matteserve.build.gpu import engine, graph, parity, photos, stamp
+from matteserve.build.gpu.build import PhotoSets, prepare_graphs
 from matteserve.options import RequestOptions
 from matteserve.pipeline.decode import ImageLimits
 from matteserve.zoo import get_spec
@@ -44,7 +44,7 @@ def test_engine_matches_the_fp32_model_and_batches_match_singles(
     gpu_runtime: stamp.Runtime, photo_arrays: dict[str, np.ndarray], tmp_path: Path
 ) -> None:
     prepared = onnx_prep.prepare(weights.weights_path(SPEC), SPEC, tmp_path / "prepared.onnx").path
-    graphs = prepare_graphs(prepared, SPEC, photo_arrays, tmp_path)
+    graphs = prepare_graphs(prepared, SPEC, PhotoSets(photo_arrays, photos.gate()), tmp_path, batch=MAX_BATCH)
     typing = engine.typing_for(gpu_runtime.tensorrt)
     options = engine.EngineOptions(320, 320, MAX_BATCH, MAX_BATCH, typing=typing, keep_fp32=graphs.keep_fp32)
     built = engine.build_engine(
@@ -71,7 +71,9 @@ def test_gpu_build_writes_a_stamped_repository_this_node_accepts(
 ) -> None:
     found = stamp.check_repository(gpu_repository, gpu_runtime)
     assert found is not None
-    assert found.parity["passed"]
+    assert all(r["passed"] for r in found.parity["reports"])
+    assert {r["batch"] for r in found.parity["reports"]} == {1, MAX_BATCH}
+    assert found.precision == "fp16", found.build.get("fp16_fallback")
     matting = configs.from_pbtxt((gpu_repository / contract.MATTING / "config.pbtxt").read_text())
     assert dict(matting.cc_model_filenames) == {gpu_runtime.compute_capability: found.plan}
     assert matting.max_batch_size == found.options["max_batch_size"] == MAX_BATCH

@@ -193,11 +193,25 @@ def test_gpu_prod_triton_holds_a_gpu_and_checks_its_engine_before_starting() -> 
     for container in [*spec["containers"], *spec["initContainers"]]:
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     (init,) = spec["initContainers"]
-    script = " ".join(init["args"])
-    assert "matteserve check-engine" in script
-    assert "matteserve build --target gpu --if-stale" in script
+    assert init["command"] == ["matteserve", "build", "--target", "gpu", "--if-stale"]
+    assert init["args"] == ["--out", "$(MATTESERVE_REPOSITORY)"]
     claim = {v["name"]: v for v in spec["volumes"]}["models"]["persistentVolumeClaim"]["claimName"]
     assert claim in by_kind(objects, "PersistentVolumeClaim")
+
+
+def test_gpu_pods_share_engines_keep_their_own_repository_and_size_from_their_cpu_request() -> None:
+    spec = pod_spec(resolved("gpu-prod"), "matteserve-triton")
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for container in [*spec["containers"], *spec["initContainers"]]:
+        env = {e["name"]: e for e in container["env"]}
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        engines, repository = env["MATTESERVE_ENGINES"]["value"], env["MATTESERVE_REPOSITORY"]["value"]
+        assert mounts[str(Path(engines).parent)] == "models", "engines live on the shared volume"
+        assert "persistentVolumeClaim" in volumes["models"]
+        assert "emptyDir" in volumes[mounts[str(Path(repository).parent)]], "each pod renders its own repository"
+        cpus = env["MATTESERVE_CPUS"]["valueFrom"]["resourceFieldRef"]
+        assert (cpus["containerName"], cpus["resource"]) == ("triton", "requests.cpu")
+        assert "MATTESERVE_PYTHON_SHM_BYTES" not in env, "sized from /dev/shm and the instance count"
 
 
 def test_cpu_dev_runs_the_cpu_image_without_gpus() -> None:

@@ -43,13 +43,38 @@ def test_the_matting_model_is_a_tensorrt_plan_on_the_gpu_per_compute_capability(
     assert (matting.output[0].data_type, list(matting.output[0].dims)) == (model_config_pb2.TYPE_FP32, [320, 320])
 
 
-def test_engine_profile_max_equals_every_rendered_max_batch_size(plan: ServingPlan) -> None:
+def test_the_engine_profile_and_the_engine_config_come_from_one_plan(plan: ServingPlan) -> None:
+    """One source of truth: the profile's (min, opt, max) and config.pbtxt's max batch, preferred
+    batch sizes and CUDA graphs all come from the plan's max batch size."""
     options = engine_options(plan, engine.Typing.STRONG, ())
     low, opt, high = options.profile
-    assert {cfg.max_batch_size for cfg in parsed(plan).values()} == {high[0]} == {32}
-    assert low == (1, 320, 320, 3)
-    assert list(high[1:]) == list(parsed(plan)[contract.MATTING].input[0].dims)
-    assert 1 <= opt[0] <= high[0]
+    matting = parsed(plan)[contract.MATTING]
+    assert (low[0], opt[0], high[0]) == plan.engine_profile_batches == (1, 8, 32)
+    assert matting.max_batch_size == high[0]
+    assert list(high[1:]) == list(matting.input[0].dims)
+    graphs = [s.batch_size for s in matting.optimization.cuda.graph_spec]
+    assert list(matting.dynamic_batching.preferred_batch_size) == graphs
+    assert opt[0] in graphs, "the profile's opt batch is one the batcher prefers and a graph covers"
+    assert {w.batch_size for w in matting.model_warmup} == {low[0], opt[0], high[0]}
+
+
+def test_the_engine_batches_briefly_with_two_instances_per_gpu(plan: ServingPlan) -> None:
+    matting = parsed(plan)[contract.MATTING]
+    assert 100 <= matting.dynamic_batching.max_queue_delay_microseconds <= 500
+    assert [(g.kind, g.count) for g in matting.instance_group] == [(KIND_GPU, 2)]
+
+
+def test_odd_batch_sizes_fall_into_a_graph_through_its_lower_bound(plan: ServingPlan) -> None:
+    specs = parsed(plan)[contract.MATTING].optimization.cuda.graph_spec
+    covered = {b for s in specs for b in range(s.graph_lower_bound.batch_size, s.batch_size + 1)}
+    assert covered == set(range(1, plan.max_batch_size + 1))
+    assert all(list(s.graph_lower_bound.input[contract.PIXELS].dim) == [320, 320, 3] for s in specs)
+
+
+def test_python_steps_and_the_ensemble_take_small_batches_on_the_gpu(plan: ServingPlan) -> None:
+    cfgs = parsed(plan)
+    for name in (contract.PREPROCESS, contract.POSTPROCESS, contract.ENSEMBLE):
+        assert 1 <= cfgs[name].max_batch_size <= 2, name
 
 
 def test_steps_agree_on_uint8_pixels_and_fp32_alpha(plan: ServingPlan) -> None:
@@ -71,7 +96,7 @@ def test_cuda_graphs_and_warmup_cover_the_common_batch_sizes(plan: ServingPlan) 
     assert [s.batch_size for s in specs] == [1, 2, 4, 8, 16, 32]
     assert all(list(s.input[contract.PIXELS].dim) == [320, 320, 3] for s in specs)
     warmups = {w.batch_size: w for w in matting.model_warmup}
-    assert set(warmups) == {1, 32}
+    assert set(warmups) == {1, 8, 32}
     for w in warmups.values():
         pixels = w.inputs[contract.PIXELS]
         assert (pixels.data_type, list(pixels.dims), pixels.random_data) == (

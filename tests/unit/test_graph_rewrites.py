@@ -10,8 +10,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from matteserve.build import onnx_prep, weights
-from matteserve.build.gpu import fp16, graph, parity
-from matteserve.build.gpu.build import prepare_graphs
+from matteserve.build.gpu import fp16, graph, parity, photos
+from matteserve.build.gpu.build import PhotoSets, prepare_graphs
 from matteserve.errors import ModelError
 from matteserve.pipeline import tensor
 from matteserve.zoo import Activation, FixedSize, ModelSpec, OutputNorm, Scaling, get_spec
@@ -165,20 +165,29 @@ def test_fp32_islands_are_the_nodes_around_large_activations(
     assert len(casts_to_fp32) > 1  # into the islands, and the graph output
 
 
-def test_the_whole_gpu_graph_preparation_passes_parity_on_photos(
+def test_the_whole_gpu_graph_preparation_passes_the_gate_on_other_photos(
     u2netp: Path, photo_arrays: dict[str, np.ndarray], tmp_path: Path
 ) -> None:
-    graphs = prepare_graphs(u2netp, U2NETP, photo_arrays, tmp_path)
+    """Islands chosen on the calibration photos; FP16 gated on product shots they lack, one at a time
+    and in a batch (three shots and batch 4 keep the test short; the build gates six at batch 32)."""
+    shots = ("logo-white", "logo-dark", "horse-white")
+    sets = PhotoSets(photo_arrays, {name: pixels for name, pixels in photos.gate().items() if name in shots})
+    graphs = prepare_graphs(u2netp, U2NETP, sets, tmp_path, batch=4)
+    assert graphs.fp16_passed
     assert all(r.passed for r in graphs.reports), "\n".join(r.table() for r in graphs.reports)
-    fp16_report = graphs.reports[1]
-    assert max(p.mean_abs for p in fp16_report.photos) <= parity.FP16_MEAN_ABS
+    fp32_report, *fp16_reports = graphs.reports
+    assert [p.photo for p in fp32_report.photos] == list(photo_arrays)
+    assert [r.batch for r in fp16_reports] == [1, 4]
+    for report in fp16_reports:
+        assert {p.photo for p in report.photos} == set(shots)
+        assert max(p.mean_abs for p in report.photos) <= parity.FP16_MEAN_ABS
     assert graphs.nodes["simplified"] < graphs.nodes["original"] / 2
     assert onnx.load(str(graphs.fp16)).graph.input[0].type.tensor_type.elem_type == TensorProto.UINT8
 
 
 def test_size_rule_models_are_refused_for_the_gpu(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="one input size"):
-        prepare_graphs(tmp_path / "none.onnx", get_spec("modnet"), {}, tmp_path)
+        prepare_graphs(tmp_path / "none.onnx", get_spec("modnet"), PhotoSets({}, {}), tmp_path)
 
 
 def test_edges_cover_the_transition_zone_and_its_neighbourhood() -> None:

@@ -1,0 +1,110 @@
+"""What the container this process runs in may use: its CPU budget and its /dev/shm.
+
+A pod's CPU limit is a CFS quota, not a number of visible cores: on a 224-thread host a 4-CPU pod
+still sees 224 cores in ``os.cpu_count()``. Instance counts and python-backend shared memory are
+sized from what the container may actually use, read when it starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+from matteserve.errors import MatteserveError
+
+logger = logging.getLogger(__name__)
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CPUS_ENV = "MATTESERVE_CPUS"
+
+# Each python-backend model instance starts with its own shared-memory region of this size: large
+# enough for a 40-megapixel RGB image without growth steps, when /dev/shm has room for it.
+SHM_WANTED_BYTES = 256 * 1024 * 1024
+SHM_SMALLEST_BYTES = 16 * 1024 * 1024
+# The regions grow on demand; this share of /dev/shm is left for that growth and Triton's own use.
+SHM_SHARE = 0.5
+MIB = 1024 * 1024
+
+
+def _quota_v2(root: Path) -> float | None:
+    """cgroup v2 ``cpu.max``: ``"<quota> <period>"`` or ``"max <period>"`` (no limit)."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    return None if quota == "max" else int(quota) / int(period)
+
+
+def _quota_v1(root: Path) -> float | None:
+    """cgroup v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``; a quota of -1 is no limit."""
+    for folder in (root / "cpu", root / "cpu,cpuacct", root):
+        try:
+            quota = int((folder / "cpu.cfs_quota_us").read_text())
+            period = int((folder / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return None if quota <= 0 or period <= 0 else quota / period
+    return None
+
+
+def visible_cpus() -> int:
+    """The cores this process may be scheduled on (cpusets included)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def cpu_budget(root: Path = CGROUP_ROOT, env: Mapping[str, str] | None = None) -> float:
+    """CPUs this container may use: ``MATTESERVE_CPUS`` when set (it wins), else the cgroup quota
+    (v2, then v1), capped by the cores it may be scheduled on."""
+    env = os.environ if env is None else env
+    if explicit := env.get(CPUS_ENV, "").strip():
+        try:
+            value = float(explicit)
+        except ValueError:
+            value = 0.0
+        if value <= 0:
+            raise MatteserveError(f"{CPUS_ENV}={explicit!r}: give the CPUs this container may use, e.g. 4 or 2.5")
+        return value
+    quota = _quota_v2(root)
+    if quota is None:
+        quota = _quota_v1(root)
+    cores = float(visible_cpus())
+    return min(quota, cores) if quota is not None else cores
+
+
+def cpu_cores(root: Path = CGROUP_ROOT, env: Mapping[str, str] | None = None) -> int:
+    """Whole CPUs to size instance counts with: the budget rounded down, at least 1."""
+    return max(1, math.floor(cpu_budget(root, env)))
+
+
+def gpu_python_instances(cores: int) -> tuple[int, int]:
+    """(preprocess, postprocess) python instances on a GPU node: the GPU runs the model and the
+    cores decode and encode; postprocess (alpha upsample + encode) is the heavier of the two."""
+    return max(1, cores // 3), max(1, cores // 2)
+
+
+def python_shm_bytes(instances: int, shm_total: int) -> int:
+    """The python backend's ``shm-default-byte-size``: every instance's starting region together
+    stays within :data:`SHM_SHARE` of /dev/shm (``shm_total`` bytes), at most
+    :data:`SHM_WANTED_BYTES` each, in whole MiB."""
+    each = min(SHM_WANTED_BYTES, int(shm_total * SHM_SHARE) // max(1, instances))
+    each = each // MIB * MIB
+    if each < SHM_SMALLEST_BYTES:
+        logger.warning(
+            "/dev/shm (%d MiB) is too small for %d python-backend instances: give the container a larger "
+            "/dev/shm (Kubernetes: a Memory emptyDir; Docker: --shm-size) or fewer CPUs",
+            shm_total // MIB,
+            instances,
+        )
+        each = SHM_SMALLEST_BYTES
+    return each
+
+
+def dev_shm_bytes(path: Path = Path("/dev/shm")) -> int:
+    return shutil.disk_usage(path).total
