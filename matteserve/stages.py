@@ -76,8 +76,10 @@ def postprocess(data: bytes, raw_options: bytes, alpha: np.ndarray, limits: deco
         output.put_matte(rgba, matte, clear=fmt is OutputFormat.PNG)
         return Result(output.encode_cutout(rgba, options), options.content_type, *size)
     rgb = source_alpha = None
-    if fmt is OutputFormat.JPEG or options.refine or decode.has_alpha(img):
+    if decode.has_alpha(img):
         rgb, source_alpha = decode.decode_with_alpha(img)
+    elif fmt is OutputFormat.JPEG or options.refine:
+        rgb = output.rgbx_image(decode.decode_rgba(img, data))
     if options.refine and rgb is not None:
         mask = Image.fromarray(refine.guided_refine(np.asarray(mask), refine.luma(np.asarray(rgb))), "L")
     if source_alpha is not None:

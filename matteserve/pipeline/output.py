@@ -58,9 +58,18 @@ def encode_matte(mask: Image.Image, options: RequestOptions) -> bytes:
     raise ValueError(f"{options.format.value} is not a matte format")
 
 
+def rgbx_image(rgba: np.ndarray) -> Image.Image:
+    """An HxWx4 uint8 array as a Pillow 'RGBX' image that uses the array's memory in place: Pillow
+    keeps RGB at four bytes a pixel anyway, so a colour JPEG decoded straight to RGBA (libjpeg-turbo,
+    about 40% cheaper than Pillow's decode) is composited and encoded without a copy. Channel 3 is
+    ignored."""
+    height, width, _ = rgba.shape
+    return Image.frombuffer("RGBX", (width, height), rgba, "raw", "RGBX", 0, 1)
+
+
 def encode_composite(mask: Image.Image, rgb: Image.Image, options: RequestOptions) -> bytes:
-    """The subject over ``options.background`` as a JPEG."""
-    background = Image.new("RGB", rgb.size, options.background)
+    """The subject (an 'RGB' or 'RGBX' image) over ``options.background`` as a JPEG."""
+    background = Image.new(rgb.mode, rgb.size, options.background)
     buf = io.BytesIO()
     Image.composite(rgb, background, mask).save(buf, "JPEG", quality=options.quality)
     return buf.getvalue()

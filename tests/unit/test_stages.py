@@ -11,7 +11,7 @@ from PIL import Image, ImageOps
 from matteserve import stages
 from matteserve.errors import InvalidOptions
 from matteserve.options import OutputFormat, RequestOptions
-from matteserve.pipeline import tensor
+from matteserve.pipeline import refine, tensor
 from matteserve.pipeline.decode import ImageLimits
 from matteserve.zoo import get_spec
 
@@ -107,3 +107,11 @@ def test_model_input_is_the_same_as_pillows_reduced_decode_and_lanczos() -> None
     upright = ImageOps.exif_transpose(img).convert("RGB").resize((320, 320), Image.Resampling.LANCZOS)
     expected = tensor.normalise(np.asarray(upright), spec)
     np.testing.assert_array_equal(stages.preprocess(data, b"", spec, LIMITS), expected)
+
+
+def test_refined_mask_is_the_same_as_refining_with_pillows_decode() -> None:
+    data, alpha, rgb = photo_and_alpha()
+    served = stages.postprocess(data, b'{"format": "mask", "refine": true}', alpha, LIMITS)
+    matte = np.asarray(Image.fromarray(alpha, "L").resize(rgb.size, Image.Resampling.BILINEAR))
+    expected = refine.guided_refine(matte, refine.luma(np.asarray(rgb)))
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(served.data))), expected)
