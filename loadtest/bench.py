@@ -274,18 +274,19 @@ class BenchReport:
 
     def _print_stack(self, console: Console) -> None:
         table = Table(
-            title="The stack's own ceiling: stand-in matting step served by Triton, closed loop over gRPC "
-            "(CPU core-ms per image from /proc; compute = Triton's per-request compute time, wall ms)"
+            title="The stack's own ceiling: the stand-in matting step served by Triton, closed loop over gRPC. "
+            "Core-ms per image from /proc: the server (tritonserver + each python stub) and this client; "
+            "compute: Triton's per-request compute time of pre/post, wall ms"
         )
-        cols = ("size", "format", "images/s", "server core-ms", "tritonserver", "pre stub", "matting stub")
-        for col in (*cols, "post stub", "client", "img/s per server core", "compute pre/post ms"):
+        cols = ("size", "format", "images/s", "server", "triton", "pre", "matting", "post", "client")
+        for col in (*cols, "img/s per core", "compute"):
             table.add_column(col, justify="right")
         for s in self.stack:
             cpu = s.server_core_ms
             table.add_row(
                 f"{s.size}",
                 s.format,
-                f"{s.images_per_s:.1f} (c={s.concurrency})",
+                f"{s.images_per_s:.1f} c{s.concurrency}",
                 f"{s.server_total_core_ms:.1f}",
                 f"{cpu.get('tritonserver', 0.0):.1f}",
                 f"{cpu.get(contract.PREPROCESS, 0.0):.1f}",
@@ -293,7 +294,7 @@ class BenchReport:
                 f"{cpu.get(contract.POSTPROCESS, 0.0):.1f}",
                 f"{s.client_core_ms:.1f}",
                 f"{s.node_images_per_s_per_core:.0f}",
-                f"{s.compute_ms.get(contract.PREPROCESS, 0.0):.1f} / {s.compute_ms.get(contract.POSTPROCESS, 0.0):.1f}",
+                f"{s.compute_ms.get(contract.PREPROCESS, 0.0):.0f}/{s.compute_ms.get(contract.POSTPROCESS, 0.0):.0f}",
             )
         console.print(table)
 
