@@ -80,7 +80,11 @@ STAND_IN_MAX_BATCH = 4
 def build_stand_in(
     spec: ModelSpec, out: Path, max_batch_size: int | None, limits: ImageLimits | None, **plan_overrides: Any
 ) -> Path:
-    """A repository whose matting step is the stand-in (matteserve.stand_in): no weights, no ONNX."""
+    """A repository whose matting step is the stand-in (matteserve.stand_in): no weights, no ONNX.
+
+    Preprocess sends it uint8 pixels, as it does to a GPU engine, so the stack it measures moves the
+    same tensors as a GPU node's (a quarter of the float32 input's bytes)."""
+    plan_overrides.setdefault("fold_input", True)
     plan = ServingPlan.for_host(
         spec,
         Target.CPU,

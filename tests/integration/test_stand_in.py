@@ -51,7 +51,9 @@ def test_the_stand_in_repository_has_no_model_file_and_says_what_it_is(stand_in_
     assert manifest is not None
     assert manifest["stand_in"] is True
     assert not list((stand_in_repository / contract.MATTING / "1").glob("*.onnx"))
-    assert 'string_value: "stand-in"' in (stand_in_repository / contract.MATTING / "config.pbtxt").read_text()
+    matting = (stand_in_repository / contract.MATTING / "config.pbtxt").read_text()
+    assert 'string_value: "stand-in"' in matting
+    assert "TYPE_UINT8" in matting.split("output")[0]  # uint8 pixels in, as a GPU engine takes them
 
 
 def test_serve_refuses_the_stand_in_without_the_explicit_flag(stand_in_repository: Path) -> None:
