@@ -82,9 +82,13 @@ def build_stand_in(
 ) -> Path:
     """A repository whose matting step is the stand-in (matteserve.stand_in): no weights, no ONNX.
 
-    Preprocess sends it uint8 pixels, as it does to a GPU engine, so the stack it measures moves the
-    same tensors as a GPU node's (a quarter of the float32 input's bytes)."""
+    It is laid out as a GPU node's repository: preprocess sends uint8 pixels, as it does to a GPU
+    engine (a quarter of the float32 input's bytes), and the pre/post instance counts are the GPU
+    target's, so the stack it measures is the CPU side of a GPU node on this machine's cores."""
+    gpu = ServingPlan.for_host(spec, Target.GPU)
     plan_overrides.setdefault("fold_input", True)
+    plan_overrides.setdefault("preprocess_instances", gpu.preprocess_instances)
+    plan_overrides.setdefault("postprocess_instances", gpu.postprocess_instances)
     plan = ServingPlan.for_host(
         spec,
         Target.CPU,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -29,10 +31,21 @@ def test_the_runner_answers_planar_float_and_interleaved_uint8_inputs_at_their_s
     np.testing.assert_array_equal(alphas[0], fixed_matte(320, 320))
 
 
-def test_the_stand_in_is_marked_in_the_zoo_and_not_built_for_a_gpu(tmp_path) -> None:
+def test_the_stand_in_is_marked_in_the_zoo_and_not_built_for_a_gpu(tmp_path: Path) -> None:
     spec = get_spec("null")
     assert spec.stand_in
     assert "STAND-IN" in spec.description
     assert not get_spec("u2netp").stand_in
     with pytest.raises(ModelError, match="--target cpu"):
         build(spec, tmp_path / "repo", target=Target.GPU)
+
+
+def test_the_stand_in_repository_is_laid_out_like_a_gpu_nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from matteserve.build.configs import from_pbtxt
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)  # a GPU node's cores: 5 pre and 8 post instances
+    repo = build(get_spec("null"), tmp_path / "repo")
+    pre = from_pbtxt((repo / "preprocess" / "config.pbtxt").read_text())
+    post = from_pbtxt((repo / "postprocess" / "config.pbtxt").read_text())
+    assert (pre.instance_group[0].count, post.instance_group[0].count) == (5, 8)
+    assert pre.parameters["pixels"].string_value == "uint8"
