@@ -187,7 +187,7 @@ class StackPlan:
     repository: Path
     formats: tuple[OutputFormat, ...] = stack.FORMATS
     seconds: float = 10.0
-    concurrency: int = 4
+    concurrency: int = 4  # the CLI's default is twice the cores
 
 
 @dataclass

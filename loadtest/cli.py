@@ -6,6 +6,7 @@ import asyncio
 import enum
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -38,6 +39,11 @@ def parse_loads(text: str) -> tuple[float, ...]:
         return tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise MatteserveError(f"expected comma-separated numbers such as 1,2,4,8, got {text!r}") from None
+
+
+def default_concurrency() -> int:
+    """Enough requests in flight to keep every pre/post instance of a node busy."""
+    return max(4, 2 * (os.cpu_count() or 1))
 
 
 def parse_formats(text: str) -> list[OutputFormat]:
@@ -203,7 +209,9 @@ def bench(
         "png,webp,jpeg,mask,raw"
     ),
     stack_seconds: Annotated[float, typer.Option(help="Seconds per size and format for the ceiling.")] = 10.0,
-    stack_concurrency: Annotated[int, typer.Option(help="Requests in flight for the ceiling.")] = 4,
+    stack_concurrency: Annotated[
+        int | None, typer.Option(help="Requests in flight for the ceiling (default: twice the cores, at least 4).")
+    ] = None,
     out: Annotated[Path, typer.Option(help="Folder for bench.json and bench.png.")] = Path("bench-results"),
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -212,7 +220,7 @@ def bench(
     matting step, in one run. Given a stand-in repository (`build --model null`), only the last two."""
     from matteserve import stand_in as stand_in_step
     from matteserve.build.builder import build as build_repository
-    from matteserve.build.repository import is_current
+    from matteserve.build.repository import is_current, read_manifest
     from matteserve.cli import setup_logging
     from matteserve.loadtest.bench import StackPlan, run_bench
     from matteserve.paths import default_repository
@@ -226,10 +234,12 @@ def bench(
             build_repository(get_spec(DEFAULT_MODEL), repository)
     stack_plan = None
     if stand_in:
-        stand_in_repo = default_repository(stand_in_step.MODEL, "cpu")
-        if not is_current(stand_in_repo):
-            build_repository(get_spec(stand_in_step.MODEL), stand_in_repo)
-        stack_plan = StackPlan(stand_in_repo, chosen, stack_seconds, stack_concurrency)
+        stand_in_repo = repository
+        if not (read_manifest(repository) or {}).get("stand_in"):
+            stand_in_repo = default_repository(stand_in_step.MODEL, "cpu")
+            if not is_current(stand_in_repo):
+                build_repository(get_spec(stand_in_step.MODEL), stand_in_repo)
+        stack_plan = StackPlan(stand_in_repo, chosen, stack_seconds, stack_concurrency or default_concurrency())
     out.mkdir(parents=True, exist_ok=True)
     report = run_bench(
         repository,
