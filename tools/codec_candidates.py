@@ -5,7 +5,7 @@ of repeats, mean over the photos, ``time.process_time`` so that library threads 
 size, on the scikit-image photo set at each size with u2netp's own mattes. Candidates that are not
 project dependencies are measured when installed and skipped otherwise:
 
-    .venv/bin/pip install imagecodecs pyvips pyvips-binary   # optional candidates
+    .venv/bin/pip install imagecodecs pyvips pyvips-binary "numpy<2"   # optional; Triton pins numpy<2
     .venv/bin/python tools/codec_candidates.py --sizes 1024,2048
 """
 
