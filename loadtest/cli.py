@@ -6,6 +6,7 @@ import asyncio
 import enum
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -38,6 +39,19 @@ def parse_loads(text: str) -> tuple[float, ...]:
         return tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise MatteserveError(f"expected comma-separated numbers such as 1,2,4,8, got {text!r}") from None
+
+
+def default_concurrency() -> int:
+    """Enough requests in flight to keep every pre/post instance of a node busy."""
+    return max(4, 2 * (os.cpu_count() or 1))
+
+
+def parse_formats(text: str) -> list[OutputFormat]:
+    try:
+        return [OutputFormat(x.strip()) for x in text.split(",") if x.strip()]
+    except ValueError:
+        known = ", ".join(f.value for f in OutputFormat)
+        raise MatteserveError(f"formats must be a comma-separated list of {known}; got {text!r}") from None
 
 
 def load_inputs(folder: Path | None, size: int, count: int) -> tuple[list[bytes], str]:
@@ -187,22 +201,45 @@ def bench(
         Path | None, typer.Option(help="Model repository to serve (default: the u2netp CPU build, built if missing).")
     ] = None,
     gateway: Annotated[bool, typer.Option(help="Also measure through a gateway in front of Triton.")] = True,
+    stand_in: Annotated[
+        bool,
+        typer.Option(help="Also measure the stack's own ceiling with the stand-in matting step (model `null`)."),
+    ] = True,
+    formats: Annotated[str, typer.Option(help="Output formats for the stage costs and the ceiling.")] = (
+        "png,webp,jpeg,mask,raw"
+    ),
+    stack_seconds: Annotated[float, typer.Option(help="Seconds per size and format for the ceiling.")] = 10.0,
+    stack_concurrency: Annotated[
+        int | None, typer.Option(help="Requests in flight for the ceiling (default: twice the cores, at least 4).")
+    ] = None,
     out: Annotated[Path, typer.Option(help="Folder for bench.json and bench.png.")] = Path("bench-results"),
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Compare matteserve end to end with the model-only ceiling and rembg's remove(), in one run."""
+    """Compare matteserve end to end with the model-only ceiling and rembg's remove(), measure the CPU
+    per image of every stage and output format, and the stack's own ceiling with the stand-in
+    matting step, in one run. Given a stand-in repository (`build --model null`), only the last two."""
+    from matteserve import stand_in as stand_in_step
     from matteserve.build.builder import build as build_repository
-    from matteserve.build.repository import read_manifest
+    from matteserve.build.repository import is_current, read_manifest
     from matteserve.cli import setup_logging
-    from matteserve.loadtest.bench import run_bench
+    from matteserve.loadtest.bench import StackPlan, run_bench
     from matteserve.paths import default_repository
     from matteserve.zoo import DEFAULT_MODEL, get_spec
 
     setup_logging(verbose)
+    chosen = tuple(parse_formats(formats))
     if repository is None:
         repository = default_repository(DEFAULT_MODEL, "cpu")
-        if read_manifest(repository) is None:
+        if not is_current(repository):
             build_repository(get_spec(DEFAULT_MODEL), repository)
+    stack_plan = None
+    if stand_in:
+        stand_in_repo = repository
+        if not (read_manifest(repository) or {}).get("stand_in"):
+            stand_in_repo = default_repository(stand_in_step.MODEL, "cpu")
+            if not is_current(stand_in_repo):
+                build_repository(get_spec(stand_in_step.MODEL), stand_in_repo)
+        stack_plan = StackPlan(stand_in_repo, chosen, stack_seconds, stack_concurrency or default_concurrency())
     out.mkdir(parents=True, exist_ok=True)
     report = run_bench(
         repository,
@@ -212,7 +249,10 @@ def bench(
         count,
         log_dir=out,
         gateway=gateway,
+        stack_plan=stack_plan,
+        formats=chosen,
     )
     report.print()
     for path in (report.write_json(out / "bench.json"), report.write_chart(out / "bench.png")):
-        typer.echo(f"wrote {path}")
+        if path is not None:
+            typer.echo(f"wrote {path}")

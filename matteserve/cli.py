@@ -164,19 +164,28 @@ def serve(
     ] = None,
     max_batch_size: MaxBatchOpt = None,
     max_pixels: MaxPixelsOpt = ImageLimits.max_pixels,
+    allow_stand_in: Annotated[
+        bool, typer.Option(help="Serve a stand-in repository (`build --model null`: a fixed matte, no model).")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Start Triton on the CPU default (building the model repository if missing) and the gRPC gateway
     in front of it, until Ctrl-C."""
     from matteserve.build.builder import build as build_repository
     from matteserve.build.gpu.stamp import check_repository
-    from matteserve.build.repository import is_current
+    from matteserve.build.repository import is_current, read_manifest
     from matteserve.gateway import GatewayConfig, GatewayProcess
     from matteserve.tritonserver import TritonConfig, TritonServer
 
     setup_logging(verbose)
     spec = zoo.get_spec(model)
     repo = repository or default_repository(spec.name, Target.CPU.value)
+    stand_in = spec.stand_in if repository is None else bool((read_manifest(repo) or {}).get("stand_in"))
+    if stand_in and not allow_stand_in:
+        raise MatteserveError(
+            f"{repo} is the STAND-IN matting step: every image gets the same fixed matte, no model runs. "
+            "It is for measuring the stack (`matteserve bench`); pass --allow-stand-in to serve it anyway"
+        )
     limits = ImageLimits(max_pixels=max_pixels)
     if repository is None and (rebuild or not is_current(repo, limits, max_batch_size)):
         build_repository(spec, repo, max_batch_size=max_batch_size, limits=limits)

@@ -73,11 +73,13 @@ def postprocess(data: bytes, raw_options: bytes, alpha: np.ndarray, limits: deco
             matte = refine.guided_refine(matte, refine.luma(rgba))
         if decode.has_alpha(img):
             matte = ((matte.astype(np.uint16) * rgba[:, :, 3] + 127) // 255).astype(np.uint8)
-        rgba[:, :, 3] = matte
+        output.put_matte(rgba, matte, clear=fmt is OutputFormat.PNG)
         return Result(output.encode_cutout(rgba, options), options.content_type, *size)
     rgb = source_alpha = None
-    if fmt is OutputFormat.JPEG or options.refine or decode.has_alpha(img):
+    if decode.has_alpha(img):
         rgb, source_alpha = decode.decode_with_alpha(img)
+    elif fmt is OutputFormat.JPEG or options.refine:
+        rgb = output.rgbx_image(decode.decode_rgba(img, data))
     if options.refine and rgb is not None:
         mask = Image.fromarray(refine.guided_refine(np.asarray(mask), refine.luma(np.asarray(rgb))), "L")
     if source_alpha is not None:

@@ -102,6 +102,8 @@ class ModelSpec:
     # Where the file comes from does not change how it is served: specs compare by preprocessing.
     weights: WeightsSource | None = field(default=None, compare=False)
     description: str = field(default="", compare=False)
+    # No model at all: a fixed matte (matteserve.stand_in), for measuring the stack around the model.
+    stand_in: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", self.name):
@@ -123,6 +125,7 @@ class ModelSpec:
         out["size"] = {"kind": type(self.size).__name__, **dataclasses.asdict(self.size)}
         out.pop("weights")
         out.pop("description")
+        out.pop("stand_in")
         for key in ("scaling", "resample", "activation", "output_norm"):
             out[key] = getattr(self, key).value
         return out
@@ -240,6 +243,15 @@ ZOO: dict[str, ModelSpec] = {
                 url="https://huggingface.co/Xenova/modnet/resolve/main/onnx/model.onnx",
             ),
             description="MODNet portrait matting, short side 512, sides multiple of 32",
+        ),
+        ModelSpec(
+            name="null",
+            size=FixedSize(320, 320),
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            scaling=Scaling.IMAGE_MAX,
+            stand_in=True,
+            description="STAND-IN, no model: a fixed matte in ~0 ms, to measure the stack's own ceiling",
         ),
     )
 }

@@ -29,6 +29,9 @@ def test_bench_measures_ceiling_rembg_triton_and_gateway_in_one_run(repository: 
         "1",
         "--count",
         "2",
+        "--no-stand-in",
+        "--formats",
+        "png",
         "--out",
         str(out),
     ]
@@ -46,3 +49,28 @@ def test_bench_measures_ceiling_rembg_triton_and_gateway_in_one_run(repository: 
     assert set(r["ceiling"]["detail"]["per_batch"]) == {"1", "2", "4"}
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Triton/rembg" in proc.stdout
+
+
+def test_bench_on_a_stand_in_repository_reports_stage_costs_and_the_stacks_ceiling(tmp_path: Path) -> None:
+    from matteserve.build.builder import build
+    from matteserve.zoo import get_spec
+
+    repo = build(get_spec("null"), tmp_path / "stand-in")
+    out = tmp_path / "bench"
+    cmd = [sys.executable, "-m", "matteserve.cli", "bench", "--repository", str(repo), "--sizes", "256"]
+    cmd += ["--count", "1", "--formats", "png,raw", "--stack-seconds", "1", "--stack-concurrency", "2"]
+    proc = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads((out / "bench.json").read_text())
+    assert data["results"] == []  # no model to compare against
+    assert [(s["size"], s["format"]) for s in data["stages"]] == [(256, "png"), (256, "raw")]
+    assert all(s["preprocess_core_ms"] > 0 for s in data["stages"])
+    for row in data["stack"]:
+        assert row["images"] > 0, row
+        assert row["errors"] == 0
+        assert set(row["server_core_ms"]) >= {"tritonserver", "preprocess", "matting", "postprocess"}
+        assert row["server_total_core_ms"] > 0
+        assert row["compute_ms"]["postprocess"] > 0
+    assert [r["format"] for r in data["stack"]] == ["png", "raw"]
+    assert "The stack's own ceiling" in proc.stdout
+    assert not (out / "bench.png").exists()

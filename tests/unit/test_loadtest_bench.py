@@ -52,6 +52,7 @@ def test_json_has_every_measurement_with_its_ratios(tmp_path: Path) -> None:
 
 def test_bar_chart_is_a_valid_png(tmp_path: Path) -> None:
     path = report().write_chart(tmp_path / "bench.png")
+    assert path is not None
     with Image.open(path) as img:
         img.verify()
     with Image.open(path) as img:

@@ -1,10 +1,12 @@
-"""Triton adapter for the CPU target: the matting ONNX in onnxruntime, on the whole batch at once."""
+"""Triton adapter for the CPU target: the matting ONNX in onnxruntime, on the whole batch at once
+(or, with the ``runtime`` parameter "stand-in", a fixed matte and no model: matteserve.stand_in)."""
 
 import json
 from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
+from matteserve import stand_in
 from matteserve.stages import MattingRunner
 from matteserve.triton_adapter import error_response, parameters, spec_and_limits
 
@@ -14,6 +16,9 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = parameters(config)
         self.spec, _ = spec_and_limits(config)
+        if params.get("runtime") == stand_in.RUNTIME:
+            self.runner = stand_in.StandInRunner()
+            return
         onnx_path = Path(args["model_repository"]) / args["model_version"] / params["onnx"]
         self.runner = MattingRunner(onnx_path, self.spec, threads=int(params["threads"]))
 

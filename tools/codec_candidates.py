@@ -1,0 +1,115 @@
+"""The codec candidates for the per-image CPU work, measured side by side in one process.
+
+What the choices in ``matteserve/pipeline`` rest on: for each candidate, CPU time per image (median
+of repeats, mean over the photos, ``time.process_time`` so that library threads count) and output
+size, on the scikit-image photo set at each size with u2netp's own mattes. Candidates that are not
+project dependencies are measured when installed and skipped otherwise:
+
+    .venv/bin/pip install imagecodecs pyvips pyvips-binary "numpy<2"   # optional; Triton pins numpy<2
+    .venv/bin/python tools/codec_candidates.py --sizes 1024,2048
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import time
+from collections.abc import Callable
+from functools import partial
+
+import fpng
+import numpy as np
+import simplejpeg
+from PIL import Image
+
+from matteserve import stages
+from matteserve.build.weights import weights_path
+from matteserve.loadtest.images import PHOTOS, photo_jpeg
+from matteserve.pipeline import decode, output
+from matteserve.pipeline.decode import ImageLimits
+from matteserve.zoo import get_spec
+
+LIMITS = ImageLimits()
+
+
+def core_ms(fn: Callable[[], object], repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        fn()
+        times.append(time.process_time() - start)
+    return statistics.median(times) * 1000.0
+
+
+def pillow_png(rgba: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, "PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def png_encoders() -> dict[str, Callable[[np.ndarray], bytes]]:
+    out: dict[str, Callable[[np.ndarray], bytes]] = {"fpng": fpng.from_ndarray, "pillow level 1": pillow_png}
+    try:
+        import imagecodecs
+
+        out["imagecodecs png level 1"] = lambda a: bytes(imagecodecs.png_encode(a, level=1))
+        out["imagecodecs spng level 1"] = lambda a: bytes(imagecodecs.spng_encode(a, level=1))
+    except ImportError:
+        pass
+    try:
+        import pyvips
+
+        def vips_png(a: np.ndarray) -> bytes:
+            image = pyvips.Image.new_from_memory(a.data, a.shape[1], a.shape[0], 4, "uchar")
+            return bytes(image.pngsave_buffer(compression=1, filter="none"))
+
+        out["libvips png (libspng) level 1"] = vips_png
+    except ImportError:
+        pass
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1024,2048")
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    spec = get_spec("u2netp")
+    runner = stages.MattingRunner(weights_path(spec), spec, threads=1)
+    for size in (int(s) for s in args.sizes.split(",")):
+        photos = [photo_jpeg(name, size) for name in PHOTOS]
+        alphas = [runner.run([stages.preprocess(d, b"", spec, LIMITS)])[0] for d in photos]
+        kept, cleared = [], []
+        for data, alpha in zip(photos, alphas, strict=True):
+            rgba = decode.decode_rgba(decode.open_image(data, LIMITS), data)
+            matte = np.asarray(output.upsample_alpha(alpha, (size, size)))
+            k, c = rgba.copy(), rgba.copy()
+            output.put_matte(k, matte, clear=False)
+            output.put_matte(c, matte, clear=True)
+            kept.append(k)
+            cleared.append(c)
+        print(f"== {size} px: RGBA PNG encoders (colour kept / cleared under alpha 0)")
+        for name, encode in png_encoders().items():
+            for label, arrays in (("kept", kept), ("cleared", cleared)):
+                ms = statistics.mean(core_ms(partial(encode, a), args.repeats) for a in arrays)
+                mb = statistics.mean(len(encode(a)) for a in arrays) / 1e6
+                print(f"  {name:32} {label:8} {ms:8.2f} core-ms {mb:7.3f} MB", flush=True)
+        print(f"== {size} px: decode and upsample")
+        rows = {
+            "JPEG full decode, Pillow": lambda d: decode.decode_with_alpha(decode.open_image(d, LIMITS)),
+            "JPEG full decode, simplejpeg RGBA": lambda d: simplejpeg.decode_jpeg(d, colorspace="RGBA"),
+            "JPEG reduced decode, Pillow draft": lambda d: decode.decode_rgb(decode.open_image(d, LIMITS), (480, 480)),
+            "JPEG reduced decode, simplejpeg": lambda d: simplejpeg.decode_jpeg(d, min_width=480, min_height=480),
+            "preprocess (decode, LANCZOS, normalise)": lambda d: stages.preprocess(d, b"", spec, LIMITS),
+        }
+        for name, fn in rows.items():
+            ms = statistics.mean(core_ms(partial(fn, d), args.repeats) for d in photos)
+            print(f"  {name:42} {ms:8.2f} core-ms", flush=True)
+        ms = statistics.mean(core_ms(partial(output.upsample_alpha, a, (size, size)), args.repeats) for a in alphas)
+        print(f"  {'alpha upsample 320 -> full, Pillow bilinear':42} {ms:8.2f} core-ms")
+
+
+if __name__ == "__main__":
+    main()
