@@ -9,7 +9,8 @@ from typing import Any
 
 import grpc
 
-from matteserve.client.errors import RETRYABLE
+from matteserve import contract
+from matteserve.client.errors import is_retryable
 from matteserve.gateway.v1 import matteserve_pb2 as pb
 from matteserve.options import OutputFormat
 
@@ -46,7 +47,8 @@ class StreamItem:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter on UNAVAILABLE and RESOURCE_EXHAUSTED, within the deadline."""
+    """Exponential backoff with full jitter on UNAVAILABLE and RESOURCE_EXHAUSTED, within the deadline
+    (never on a message too large: see matteserve.client.errors.is_retryable)."""
 
     attempts: int = 4  # first try included
     initial_backoff_s: float = 0.2
@@ -79,7 +81,7 @@ class TLS:
         return grpc.ssl_channel_credentials(read(self.root_certificates), read(self.client_key), read(self.client_cert))
 
 
-def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+def channel_options(max_message_bytes: int = contract.MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -118,8 +120,10 @@ def to_result(response: pb.RemoveResponse) -> RemoveResult:
     )
 
 
-def metadata(api_key: str | None, request_id: str | None) -> list[tuple[str, str]]:
-    out = []
+def metadata(api_key: str | None, request_id: str | None, max_response_bytes: int) -> list[tuple[str, str]]:
+    """Call metadata; the receive limit goes along so that the gateway refuses a result this client
+    could not receive before sending it, with a message saying what fits."""
+    out = [(contract.MAX_RESPONSE_BYTES_KEY, str(max_response_bytes))]
     if api_key:
         out.append(("authorization", f"Bearer {api_key}"))
     if request_id:
@@ -127,9 +131,11 @@ def metadata(api_key: str | None, request_id: str | None) -> list[tuple[str, str
     return out
 
 
-def retry_delay(policy: RetryPolicy, code: grpc.StatusCode, retry: int, time_left: float) -> float | None:
+def retry_delay(
+    policy: RetryPolicy, code: grpc.StatusCode, retry: int, time_left: float, message: str = ""
+) -> float | None:
     """Seconds to sleep before retry number ``retry``, or None when the error should be raised."""
-    if code not in RETRYABLE or retry >= policy.attempts:
+    if not is_retryable(code, message) or retry >= policy.attempts:
         return None
     delay = policy.backoff(retry)
     return delay if delay < time_left else None

@@ -2,6 +2,14 @@
 
 ENSEMBLE = "remove_background"
 
+# The largest gRPC message between a caller and the gateway, either way: the gateway's receive and
+# send limits and the clients' send and receive limits all default to this one value, so an answer
+# the gateway may send is one the caller may receive.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Metadata a client sends with its own receive limit, when lower: the gateway refuses a larger
+# result before sending it, with a message saying what fits.
+MAX_RESPONSE_BYTES_KEY = "matteserve-max-response-bytes"
+
 # Ensemble inputs: the image bytes and the per-request options (JSON, see matteserve.options).
 IMAGE = "IMAGE"
 OPTIONS = "OPTIONS"
