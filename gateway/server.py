@@ -36,7 +36,7 @@ def check_exposure(cfg: GatewayConfig, keys: KeyRing) -> None:
     for flag, host in (("--host", cfg.host), ("--metrics-host", cfg.metrics_host)):
         if not is_loopback(host):
             raise ConfigError(
-                f"no API keys are configured, so the gateway only binds to loopback, not {flag} {host}; "
+                f"no API keys are configured, so the gateway only binds to loopback, not {host} ({flag}); "
                 "give --api-keys-file or MATTESERVE_API_KEY_HASHES (python -m matteserve.gateway.auth new)"
             )
     logger.warning("no API keys configured: authentication is off, listening on loopback %s only", cfg.address)

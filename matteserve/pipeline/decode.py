@@ -62,7 +62,8 @@ def open_image(data: bytes, limits: ImageLimits) -> Image.Image:
         raise InvalidImage(f"the {header.format} image cannot be read; its header is corrupt") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise InvalidImage(f"the image header is corrupt: {e}") from e
-    if img.size != (header.width, header.height):
+    # Sorted: Pillow may report a TIFF already turned by its orientation, which changes no limit.
+    if sorted(img.size) != sorted((header.width, header.height)):
         raise InvalidImage(
             f"the {header.format} header declares {header.width}x{header.height} but its frame is "
             f"{img.size[0]}x{img.size[1]}; re-encode the image"
@@ -86,6 +87,9 @@ def check_header(data: bytes, limits: ImageLimits) -> Header:
 
 
 def orientation(img: Image.Image) -> int:
+    """The EXIF orientation still to be applied to ``img`` once loaded (1: none)."""
+    if img.format == "TIFF" and img.size != (img.tag_v2.get(256), img.tag_v2.get(257)):  # type: ignore[attr-defined]
+        return 1  # Pillow (11.1+) reports this TIFF's size turned already, and turns its pixels on load
     try:
         value = img.getexif().get(0x0112, 1)
     except Exception:  # a malformed EXIF block is ignored, as browsers do
