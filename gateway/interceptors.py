@@ -63,7 +63,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         method = details.method
         if not method.startswith(self.prefix):
             return await continuation(details)
-        metadata: Metadata = details.invocation_metadata or ()  # type: ignore[assignment]
+        metadata: Metadata = details.invocation_metadata or ()
         rid = request_id(metadata)
         try:
             self.keys.check(metadata)
