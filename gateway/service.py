@@ -11,7 +11,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -22,7 +22,7 @@ from matteserve import contract
 from matteserve.errors import InvalidOptions, Overloaded, ResultTooLarge, quote
 from matteserve.gateway.backends import TritonPool
 from matteserve.gateway.config import GatewayConfig
-from matteserve.gateway.interceptors import request_id_var
+from matteserve.gateway.interceptors import Metadata, request_id_var
 from matteserve.gateway.metrics import GatewayMetrics
 from matteserve.gateway.status import code_of, described, message_of
 from matteserve.gateway.v1 import matteserve_pb2 as pb
@@ -46,8 +46,6 @@ FORMATS = {
     pb.OUTPUT_FORMAT_JPEG: OutputFormat.JPEG,
     pb.OUTPUT_FORMAT_RAW: OutputFormat.RAW,
 }
-
-Metadata = Sequence[tuple[str, str | bytes]]
 
 
 def to_options(message: pb.Options) -> RequestOptions:
