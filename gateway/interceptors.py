@@ -70,7 +70,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         except Unauthenticated as e:
             name = method.removeprefix(self.prefix)
             self.metrics.requests.labels(name, code_of(e).name, "unknown").inc()
-            logger.info("%s %s refused: %s", name, rid, e, extra={"request_id": rid, "method": name})
+            # Counted, and logged only at debug: a flood of refusals must not cost a log line each.
+            logger.debug("%s %s refused: %s", name, rid, e, extra={"request_id": rid, "method": name})
             return _refusal(e, rid)
         handler = await continuation(details)
         if handler is None:
