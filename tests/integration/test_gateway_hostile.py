@@ -129,7 +129,7 @@ def test_health_checks_stay_prompt_while_bombs_and_big_pngs_are_refused(
     assert max(health) < 1.0, f"a health check took {max(health):.2f} s"
     assert max(refusals) < 2.0, f"a refusal took {max(refusals):.2f} s"
     assert triton_calls(gw) == 0
-    assert peak_rss_mib(gw) < 400  # the bomb decoded would be 3.6 GB
+    assert peak_rss_mib(gw) < 600  # the bomb decoded would be 3.6 GB
 
 
 def test_unauthenticated_large_requests_are_refused_before_their_bodies_are_read(
