@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from matteserve import api
 from matteserve.api.v1 import matteserve_pb2 as pb
 from matteserve.api.v1 import matteserve_pb2_grpc as pb_grpc
 from matteserve.client.common import (
@@ -38,12 +39,13 @@ class AsyncClient:
         timeout: float = 60.0,
         retry: RetryPolicy | None = None,
         tls: TLS | None = None,
-        max_message_bytes: int = 64 * 1024 * 1024,
+        max_message_bytes: int = api.MAX_MESSAGE_BYTES,
     ) -> None:
         self.target = target
         self.api_key = api_key
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
+        self.max_message_bytes = max_message_bytes
         options = channel_options(max_message_bytes)
         self._channel = (
             grpc.aio.secure_channel(target, tls.credentials(), options)
@@ -72,12 +74,12 @@ class AsyncClient:
                 response = await self._stub.Remove(
                     request,
                     timeout=max(deadline - time.monotonic(), 0.001),
-                    metadata=metadata(self.api_key, request_id),
+                    metadata=metadata(self.api_key, request_id, self.max_message_bytes),
                 )
                 return to_result(response)
             except grpc.aio.AioRpcError as e:
                 retry += 1
-                delay = retry_delay(self.retry, e.code(), retry, deadline - time.monotonic())
+                delay = retry_delay(self.retry, e.code(), retry, deadline - time.monotonic(), e.details() or "")
                 if delay is None:
                     raise from_rpc_error(e) from e
                 await asyncio.sleep(delay)
@@ -97,7 +99,8 @@ class AsyncClient:
             pb.RemoveStreamRequest(id=item_id, request=build_request(image, format, background, quality, model, refine))
             for item_id, image in items
         )
-        call = self._stub.RemoveStream(requests, timeout=timeout or self.timeout, metadata=metadata(self.api_key, None))
+        call_metadata = metadata(self.api_key, None, self.max_message_bytes)
+        call = self._stub.RemoveStream(requests, timeout=timeout or self.timeout, metadata=call_metadata)
         try:
             async for reply in call:
                 yield _stream_item(reply)

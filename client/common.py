@@ -9,9 +9,10 @@ from typing import Any
 
 import grpc
 
+from matteserve import api
 from matteserve.api import FORMAT_TO_PROTO, REQUEST_ID_KEY
 from matteserve.api.v1 import matteserve_pb2 as pb
-from matteserve.client.errors import RETRYABLE
+from matteserve.client.errors import is_retryable
 from matteserve.options import OutputFormat
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -39,7 +40,8 @@ class StreamItem:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter on UNAVAILABLE and RESOURCE_EXHAUSTED, within the deadline."""
+    """Exponential backoff with full jitter on UNAVAILABLE and RESOURCE_EXHAUSTED, within the deadline
+    (never on a message too large: see matteserve.client.errors.is_retryable)."""
 
     attempts: int = 4  # first try included
     initial_backoff_s: float = 0.2
@@ -72,7 +74,7 @@ class TLS:
         return grpc.ssl_channel_credentials(read(self.root_certificates), read(self.client_key), read(self.client_cert))
 
 
-def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+def channel_options(max_message_bytes: int = api.MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -111,8 +113,10 @@ def to_result(response: pb.RemoveResponse) -> RemoveResult:
     )
 
 
-def metadata(api_key: str | None, request_id: str | None) -> list[tuple[str, str]]:
-    out = []
+def metadata(api_key: str | None, request_id: str | None, max_response_bytes: int) -> list[tuple[str, str]]:
+    """Call metadata; the receive limit goes along so that the gateway refuses a result this client
+    could not receive before sending it, with a message saying what fits."""
+    out = [(api.MAX_RESPONSE_BYTES_KEY, str(max_response_bytes))]
     if api_key:
         out.append(("authorization", f"Bearer {api_key}"))
     if request_id:
@@ -120,9 +124,11 @@ def metadata(api_key: str | None, request_id: str | None) -> list[tuple[str, str
     return out
 
 
-def retry_delay(policy: RetryPolicy, code: grpc.StatusCode, retry: int, time_left: float) -> float | None:
+def retry_delay(
+    policy: RetryPolicy, code: grpc.StatusCode, retry: int, time_left: float, message: str = ""
+) -> float | None:
     """Seconds to sleep before retry number ``retry``, or None when the error should be raised."""
-    if code not in RETRYABLE or retry >= policy.attempts:
+    if not is_retryable(code, message) or retry >= policy.attempts:
         return None
     delay = policy.backoff(retry)
     return delay if delay < time_left else None

@@ -6,6 +6,8 @@ that catches core errors keeps working; all are ``MatteserveError``.
 
 from __future__ import annotations
 
+import re
+
 import grpc
 
 from matteserve import errors
@@ -30,7 +32,13 @@ class InvalidRequest(RemoteError):
 
 
 class Overloaded(RemoteError, errors.Overloaded):
-    """RESOURCE_EXHAUSTED: the service is full, or the message is too large for it."""
+    """RESOURCE_EXHAUSTED: the service is full right now; worth retrying after a pause."""
+
+
+class MessageTooLarge(RemoteError, errors.ResultTooLarge):
+    """The request or its result is larger than one message may carry: OUT_OF_RANGE from the
+    gateway, or gRPC's own RESOURCE_EXHAUSTED "message larger than max". Never retried: the same
+    request can only fail the same way. Send a smaller image, or ask for WebP or a mask."""
 
 
 class BackendUnavailable(RemoteError, errors.BackendUnavailable):
@@ -60,10 +68,24 @@ _BY_CODE: dict[grpc.StatusCode, type[RemoteError]] = {
 
 # Worth sending again after a pause: nothing was wrong with the request itself.
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+# gRPC reports a message over a size limit, on either side, as RESOURCE_EXHAUSTED with this text.
+_GRPC_TOO_LARGE = re.compile(r"message larger than max")
+
+
+def too_large(code: grpc.StatusCode, message: str) -> bool:
+    return code is grpc.StatusCode.OUT_OF_RANGE or (
+        code is grpc.StatusCode.RESOURCE_EXHAUSTED and _GRPC_TOO_LARGE.search(message) is not None
+    )
+
+
+def is_retryable(code: grpc.StatusCode, message: str = "") -> bool:
+    """Whether sending the same request again may succeed: never for a request or result too large."""
+    return code in RETRYABLE and not too_large(code, message)
 
 
 def from_status(code: grpc.StatusCode, message: str, request_id: str | None = None) -> RemoteError:
-    return _BY_CODE.get(code, ServerError)(message, code, request_id)
+    kind = MessageTooLarge if too_large(code, message) else _BY_CODE.get(code, ServerError)
+    return kind(message, code, request_id)
 
 
 def from_rpc_error(e: grpc.RpcError) -> RemoteError:

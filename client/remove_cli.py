@@ -36,7 +36,9 @@ def remove(
     api_key: Annotated[str | None, typer.Option(envvar="MATTESERVE_API_KEY", help="API key, if required.")] = None,
     tls_ca: Annotated[Path | None, typer.Option(help="CA certificate (PEM) to reach a TLS gateway.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds per image, retries included.")] = 300.0,
-    retries: Annotated[int, typer.Option(min=0, help="Retries per image on UNAVAILABLE/RESOURCE_EXHAUSTED.")] = 8,
+    retries: Annotated[
+        int, typer.Option(min=0, help="Retries per image on UNAVAILABLE/RESOURCE_EXHAUSTED (not: message too large).")
+    ] = 8,
     report: Annotated[
         Path | None, typer.Option(help=f"JSON-lines failure report (default: OUTDIR/{DEFAULT_REPORT}).")
     ] = None,

@@ -41,7 +41,7 @@ def main(
     metrics_host: Annotated[str, typer.Option(help="Address of the Prometheus /metrics server.")] = "127.0.0.1",
     metrics_port: Annotated[int, typer.Option(help="Port of the Prometheus /metrics server.")] = c.DEFAULT_METRICS_PORT,
     max_message_bytes: Annotated[
-        int, typer.Option(help="Largest request message.")
+        int, typer.Option(help="Largest message received or sent; larger results get OUT_OF_RANGE.")
     ] = c.GatewayConfig.max_message_bytes,
     max_pixels: Annotated[int, typer.Option(help="Largest image, in pixels (from its header).")] = (
         c.GatewayConfig.max_pixels

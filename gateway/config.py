@@ -6,6 +6,7 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+from matteserve import api
 from matteserve.errors import MatteserveError
 from matteserve.pipeline.decode import ImageLimits
 
@@ -41,7 +42,7 @@ class GatewayConfig:
     port: int = DEFAULT_PORT
     metrics_host: str = "127.0.0.1"
     metrics_port: int = DEFAULT_METRICS_PORT
-    max_message_bytes: int = 64 * 1024 * 1024
+    max_message_bytes: int = api.MAX_MESSAGE_BYTES  # received and sent
     max_pixels: int = ImageLimits.max_pixels
     max_in_flight: int = 64
     # Items of one RemoveStream worked on at once; the stream is not read further until one finishes.

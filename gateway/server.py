@@ -15,6 +15,7 @@ from matteserve.api.v1 import matteserve_pb2_grpc as pb_grpc
 from matteserve.gateway.auth import KeyRing
 from matteserve.gateway.backends import TritonPool
 from matteserve.gateway.config import ConfigError, GatewayConfig, is_loopback
+from matteserve.gateway.interceptors import CallInterceptor
 from matteserve.gateway.metrics import GatewayMetrics
 from matteserve.gateway.service import SERVICE_NAME, BackgroundRemovalService
 
@@ -22,15 +23,22 @@ logger = logging.getLogger(__name__)
 
 
 def check_exposure(cfg: GatewayConfig, keys: KeyRing) -> None:
-    """Without API keys anyone who can connect may call: allow that on loopback only."""
+    """Without API keys anyone who can connect may call: allow that on loopback only.
+
+    /metrics carries no caller data but tells anyone who can reach it how busy the service is and
+    which Triton endpoints it uses: off loopback only where the gRPC port is protected too.
+    """
     if keys.enabled:
         logger.info("authentication on: %d API key hash(es) loaded", len(keys.hashes))
+        if not is_loopback(cfg.metrics_host):
+            logger.warning("/metrics is served without authentication on %s", cfg.metrics_url)
         return
-    if not is_loopback(cfg.host):
-        raise ConfigError(
-            f"no API keys are configured, so the gateway only binds to loopback, not {cfg.host}; "
-            "give --api-keys-file or MATTESERVE_API_KEY_HASHES (python -m matteserve.gateway.auth new)"
-        )
+    for flag, host in (("--host", cfg.host), ("--metrics-host", cfg.metrics_host)):
+        if not is_loopback(host):
+            raise ConfigError(
+                f"no API keys are configured, so the gateway only binds to loopback, not {host} ({flag}); "
+                "give --api-keys-file or MATTESERVE_API_KEY_HASHES (python -m matteserve.gateway.auth new)"
+            )
     logger.warning("no API keys configured: authentication is off, listening on loopback %s only", cfg.address)
 
 
@@ -55,13 +63,16 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self.health = health.aio.HealthServicer()
         self.pool = TritonPool(cfg.tritons, self.metrics, cfg.health_interval_s, on_readiness=self._readiness)
-        self.service = BackgroundRemovalService(cfg, self.pool, self.metrics, self.keys)
+        self.service = BackgroundRemovalService(cfg, self.pool, self.metrics)
         options: list[tuple[str, Any]] = [
+            # One value both ways, the clients' default too: a result is refused by the service
+            # (OUT_OF_RANGE, with what to do) before gRPC could fail to send it.
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
-            ("grpc.max_send_message_length", max(cfg.max_message_bytes, 256 * 1024 * 1024)),
+            ("grpc.max_send_message_length", cfg.max_message_bytes),
             ("grpc.so_reuseport", 0),  # a second gateway on a taken port must fail, not share it
         ]
-        self.server = grpc.aio.server(options=options)
+        interceptor = CallInterceptor(SERVICE_NAME, self.keys, self.metrics)
+        self.server = grpc.aio.server(options=options, interceptors=[interceptor])
         pb_grpc.add_BackgroundRemovalServicer_to_server(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
@@ -94,6 +105,7 @@ class Gateway:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.cfg.grace_s)
         await self.pool.close()
+        self.service.header_pool.shutdown(wait=False)
         logger.info("gateway stopped")
 
     def _readiness(self, ready: bool) -> None:

@@ -1,7 +1,8 @@
 """The BackgroundRemoval servicer: protobuf in -> one Triton call -> protobuf out.
 
 Every image, unary or streamed, goes through :meth:`BackgroundRemovalService.remove_one`, which is
-where limits, metrics and the request log live; errors become status codes in gateway/status.py.
+where limits, metrics and the request log live. The API key, the request id and turning errors into
+status codes happen around it, in gateway/interceptors.py and gateway/status.py.
 """
 
 from __future__ import annotations
@@ -10,36 +11,40 @@ import asyncio
 import logging
 import re
 import time
-import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
+from matteserve import api
 from matteserve.api import FORMAT_FROM_PROTO as FORMATS
-from matteserve.api import REQUEST_ID_KEY
 from matteserve.api.v1 import matteserve_pb2 as pb
 from matteserve.api.v1 import matteserve_pb2_grpc as pb_grpc
-from matteserve.errors import InvalidOptions, Overloaded
-from matteserve.gateway.auth import KeyRing
+from matteserve.errors import InvalidOptions, Overloaded, ResultTooLarge, quote
 from matteserve.gateway.backends import TritonPool
 from matteserve.gateway.config import GatewayConfig
+from matteserve.gateway.interceptors import Metadata, request_id_var
 from matteserve.gateway.metrics import GatewayMetrics
-from matteserve.gateway.status import code_of, message_of
-from matteserve.options import RequestOptions, parse_colour
-from matteserve.pipeline.decode import open_image
+from matteserve.gateway.status import code_of, described, message_of
+from matteserve.options import OutputFormat, RequestOptions, parse_colour
+from matteserve.pipeline.decode import check_header
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["BackgroundRemoval"].full_name
-_CALLER_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-
-Metadata = Sequence[tuple[str, str | bytes]]
+_MODEL_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
+# Header checks run here, off the event loop: each is bounded (matteserve.pipeline.header), and two
+# threads are enough that a burst of large headers never waits behind the GIL for long.
+HEADER_THREADS = 2
 
 
 def to_options(message: pb.Options) -> RequestOptions:
     if message.format not in FORMATS:
         raise InvalidOptions(f"unknown output format {message.format}; see OutputFormat in the proto")
+    if message.model and not _MODEL_NAME.fullmatch(message.model):
+        raise InvalidOptions(f"model must be a model name such as 'u2netp', got {quote(message.model)}")
     kwargs: dict[str, Any] = {"format": FORMATS[message.format]}
     if message.background:
         kwargs["background"] = parse_colour(message.background)
@@ -53,53 +58,55 @@ def format_label(message: pb.Options) -> str:
     return FORMATS[message.format].value if message.format in FORMATS else "unknown"
 
 
-def request_id(metadata: Metadata | None) -> str:
-    """The caller's x-request-id if it is a sane token, else a fresh one."""
-    given = next((str(v) for k, v in metadata or () if k == REQUEST_ID_KEY), "")
-    return given if _CALLER_ID.fullmatch(given) else uuid.uuid4().hex[:16]
+def response_limit(cfg: GatewayConfig, metadata: Metadata | None) -> int:
+    """The largest response this caller takes: ours, or the receive limit it sent, if lower."""
+    given = next((str(v) for k, v in metadata or () if k == api.MAX_RESPONSE_BYTES_KEY), "")
+    return min(cfg.max_message_bytes, int(given)) if given.isascii() and given.isdigit() else cfg.max_message_bytes
+
+
+def check_fits(message: Message, limit: int) -> None:
+    """Refuse a response before it is sent when the caller could not receive it."""
+    size = message.ByteSize()
+    if size > limit:
+        raise ResultTooLarge(
+            f"the result is {size / 2**20:.1f} MiB, above the {limit / 2**20:.1f} MiB a response may carry; "
+            "send a smaller image, or ask for OUTPUT_FORMAT_WEBP (far smaller) or OUTPUT_FORMAT_MASK (alpha only)"
+        )
 
 
 class BackgroundRemovalService(pb_grpc.BackgroundRemovalServicer):
-    def __init__(self, cfg: GatewayConfig, pool: TritonPool, metrics: GatewayMetrics, keys: KeyRing) -> None:
+    def __init__(self, cfg: GatewayConfig, pool: TritonPool, metrics: GatewayMetrics) -> None:
         self.cfg = cfg
         self.pool = pool
         self.metrics = metrics
-        self.keys = keys
         self.in_flight = 0
+        self.header_pool = ThreadPoolExecutor(HEADER_THREADS, thread_name_prefix="header")
 
     async def Remove(self, request: pb.RemoveRequest, context: grpc.aio.ServicerContext) -> pb.RemoveResponse:
-        metadata = context.invocation_metadata()
-        rid = request_id(metadata)
-        context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
-        try:
-            return await self.remove_one("Remove", request, rid, _deadline(context, self.cfg), metadata)
-        except Exception as e:
-            await context.abort(code_of(e), message_of(e), trailing_metadata=((REQUEST_ID_KEY, rid),))
-            raise AssertionError("unreachable: abort raises") from e
+        limit = response_limit(self.cfg, context.invocation_metadata())
+        return await self.remove_one("Remove", request, request_id_var.get(), _deadline(context, self.cfg), limit)
 
     async def RemoveStream(
         self, requests: AsyncIterator[pb.RemoveStreamRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.RemoveStreamResponse]:
-        metadata = context.invocation_metadata()
-        rid = request_id(metadata)
-        context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
-        try:
-            self.keys.check(metadata or ())
-        except Exception as e:
-            await context.abort(code_of(e), message_of(e), trailing_metadata=((REQUEST_ID_KEY, rid),))
+        rid = request_id_var.get()
+        limit = response_limit(self.cfg, context.invocation_metadata())
         results: asyncio.Queue[pb.RemoveStreamResponse | None] = asyncio.Queue()
+        # An item holds a place in the window from the moment it is read until its result has been
+        # handed to gRPC, so a caller that stops reading results stops the gateway reading items.
         window = asyncio.Semaphore(self.cfg.stream_window)
         tasks: set[asyncio.Task[None]] = set()
 
         async def one(item: pb.RemoveStreamRequest, item_rid: str) -> None:
             try:
-                result = await self.remove_one("RemoveStream", item.request, item_rid, _deadline(context, self.cfg))
-                await results.put(pb.RemoveStreamResponse(id=item.id, result=result))
+                deadline = _deadline(context, self.cfg)
+                result = await self.remove_one("RemoveStream", item.request, item_rid, deadline, limit)
+                response = pb.RemoveStreamResponse(id=item.id, result=result)
+                check_fits(response, limit)
             except Exception as e:
                 error = pb.Error(code=code_of(e).name, message=message_of(e))
-                await results.put(pb.RemoveStreamResponse(id=item.id, error=error))
-            finally:
-                window.release()
+                response = pb.RemoveStreamResponse(id=item.id, error=error)
+            await results.put(response)
 
         async def read() -> None:
             try:
@@ -118,23 +125,26 @@ class BackgroundRemovalService(pb_grpc.BackgroundRemovalServicer):
         try:
             while (response := await results.get()) is not None:
                 yield response
+                window.release()
             await reader  # re-raises a failure to read the stream
         finally:
             for task in (reader, *tasks):
                 task.cancel()
 
     async def remove_one(
-        self, method: str, request: pb.RemoveRequest, rid: str, deadline: float, metadata: Metadata | None = None
+        self, method: str, request: pb.RemoveRequest, rid: str, deadline: float, limit: int
     ) -> pb.RemoveResponse:
-        """One image through the limits and Triton; raises MatteserveError subclasses for the caller."""
+        """One image through the limits and Triton; raises MatteserveError subclasses for the caller.
+
+        ``limit`` is the largest response the caller can receive: a larger result is refused here,
+        once, rather than sent for gRPC to fail (and a client to retry).
+        """
         start = time.perf_counter()
         fmt = format_label(request.options)
         outcome: BaseException | None = None
         admitted = False
         log: dict[str, Any] = {"request_id": rid, "method": method, "format": fmt, "bytes_in": len(request.image)}
         try:
-            if metadata is not None:
-                self.keys.check(metadata)
             if self.in_flight >= self.cfg.max_in_flight:
                 raise Overloaded(f"the gateway is at its limit of {self.cfg.max_in_flight} requests in flight; retry")
             self.in_flight += 1
@@ -142,9 +152,12 @@ class BackgroundRemovalService(pb_grpc.BackgroundRemovalServicer):
             self.metrics.in_flight.inc()
             options = to_options(request.options)
             self.metrics.request_bytes.observe(len(request.image))
-            with open_image(request.image, self.cfg.limits) as header:
-                megapixels = header.width * header.height / 1e6
-            self.metrics.input_megapixels.observe(megapixels)
+            header = await asyncio.get_running_loop().run_in_executor(
+                self.header_pool, check_header, request.image, self.cfg.limits
+            )
+            self.metrics.input_megapixels.observe(header.width * header.height / 1e6)
+            if options.format is OutputFormat.RAW:  # its size is known before any work
+                check_fits(pb.RemoveResponse(data=bytes(header.width * header.height)), limit)
             result = await self.pool.infer(
                 request.image, options.to_json(), request.options.model or None, deadline, rid
             )
@@ -157,7 +170,7 @@ class BackgroundRemovalService(pb_grpc.BackgroundRemovalServicer):
                 "triton": result.seconds * 1000,
                 "gateway": (time.perf_counter() - start) * 1000,
             }
-            return pb.RemoveResponse(
+            response = pb.RemoveResponse(
                 data=result.data,
                 content_type=str(meta["content_type"]),
                 width=int(meta["width"]),
@@ -166,6 +179,8 @@ class BackgroundRemovalService(pb_grpc.BackgroundRemovalServicer):
                 model=result.model,
                 request_id=rid,
             )
+            check_fits(response, limit)
+            return response
         except BaseException as e:
             outcome = e
             raise
@@ -187,7 +202,7 @@ class BackgroundRemovalService(pb_grpc.BackgroundRemovalServicer):
             if outcome is not None and code == "INTERNAL":
                 logger.error("%s %s failed", method, log["request_id"], exc_info=outcome, extra=log)
             else:
-                detail = "" if outcome is None else f": {outcome}"
+                detail = "" if outcome is None else f": {described(outcome)}"
                 logger.info("%s %s %s in %.1f ms%s", method, fmt, code, seconds * 1000, detail, extra=log)
         except Exception:
             logger.exception("recording metrics for request %s failed", log.get("request_id"))

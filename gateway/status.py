@@ -1,8 +1,14 @@
-"""The one place where errors become gRPC status codes (and Triton's errors become ours)."""
+"""The one place where errors become gRPC status codes (and Triton's errors become ours).
+
+Caller-facing messages never name internal addresses or model names: what Triton said, and which
+endpoint said it, is attached as an exception note, which the gateway's log shows and the caller
+does not see.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import re
 
 import grpc
 from tritonclient.utils import InferenceServerException
@@ -18,11 +24,19 @@ class TritonRejected(errors.MatteserveError):
     """Triton failed the request for a reason of its own (e.g. an error inside a model)."""
 
 
+class MalformedRequest(errors.MatteserveError):
+    """The request bytes are not the protobuf message the method takes."""
+
+
 # Most specific first: ImageTooLarge is an InvalidImage.
 _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (errors.InvalidImage, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.InvalidOptions, grpc.StatusCode.INVALID_ARGUMENT),
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (MalformedRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    # Not RESOURCE_EXHAUSTED: that one means "full, retry later", and sending the same request
+    # again can never make its result smaller.
+    (errors.ResultTooLarge, grpc.StatusCode.OUT_OF_RANGE),
     (errors.Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.BackendUnavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.Timeout, grpc.StatusCode.DEADLINE_EXCEEDED),
@@ -45,14 +59,30 @@ def message_of(exc: BaseException) -> str:
     return str(exc)
 
 
+# Triton prefixes a composing model's error with where it happened, e.g. "in ensemble
+# 'remove_background', Failed to process the request(s) for model 'preprocess_0_0', message: ...".
+_TRITON_PREFIX = re.compile(r"^.*(?:message: |in ensemble '[^']*', )", re.DOTALL)
+
+
 def from_triton(exc: InferenceServerException, endpoint: str) -> errors.MatteserveError:
     """A tritonclient error -> the matteserve error it means for the caller."""
     status = (exc.status() or "").removeprefix("StatusCode.")
     message = exc.message() or str(exc)
+    error: errors.MatteserveError
     if status == "INVALID_ARGUMENT":
-        return InvalidRequest(message)
-    if status == "DEADLINE_EXCEEDED":
-        return errors.Timeout(f"Triton at {endpoint} did not answer before the deadline")
-    if status in ("UNAVAILABLE", "CANCELLED", "RESOURCE_EXHAUSTED", "") or "failed to connect" in message:
-        return errors.BackendUnavailable(f"Triton at {endpoint} is unavailable: {message}")
-    return TritonRejected(f"Triton at {endpoint} failed the request ({status}): {message}")
+        error = InvalidRequest(_TRITON_PREFIX.sub("", message))
+    elif status == "DEADLINE_EXCEEDED":
+        error = errors.Timeout("the model did not answer before the deadline")
+    elif status in ("UNAVAILABLE", "CANCELLED", "RESOURCE_EXHAUSTED", "") or "failed to connect" in message:
+        error = errors.BackendUnavailable("an inference backend is unavailable; retry")
+    else:
+        error = TritonRejected(
+            f"the model failed the request ({status}); the request id in the trailing metadata finds it in the logs"
+        )
+    error.add_note(f"Triton at {endpoint} answered {status or 'no status'}: {message}")
+    return error
+
+
+def described(exc: BaseException) -> str:
+    """The message with its notes, for the gateway's own log."""
+    return "; ".join([str(exc), *getattr(exc, "__notes__", ())])

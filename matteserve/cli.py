@@ -152,7 +152,16 @@ def serve(
     model: ModelOpt = zoo.DEFAULT_MODEL,
     repository: Annotated[Path | None, typer.Option(help="Serve this repository instead of building one.")] = None,
     rebuild: Annotated[bool, typer.Option(help="Rebuild the repository even if it exists.")] = False,
-    address: Annotated[str, typer.Option(help="Address Triton binds to.")] = "127.0.0.1",
+    address: Annotated[
+        str, typer.Option(help="Address Triton binds to; beyond loopback it needs --expose-triton.")
+    ] = "127.0.0.1",
+    expose_triton: Annotated[
+        bool,
+        typer.Option(
+            help="Let Triton bind beyond loopback. Triton has no authentication: anyone who reaches its ports "
+            "can run inference and read its model configs, so only do this on a private network."
+        ),
+    ] = False,
     http_port: Annotated[int, typer.Option(help="Triton HTTP port.")] = 8000,
     grpc_port: Annotated[int, typer.Option(help="Triton gRPC port.")] = 8001,
     metrics_port: Annotated[int, typer.Option(help="Triton metrics port.")] = 8002,
@@ -175,9 +184,19 @@ def serve(
     from matteserve.build.gpu.stamp import check_repository
     from matteserve.build.repository import is_current, read_manifest
     from matteserve.gateway import GatewayConfig, GatewayProcess
+    from matteserve.gateway.config import is_loopback
     from matteserve.tritonserver import TritonConfig, TritonServer
 
     setup_logging(verbose)
+    if not is_loopback(address) and not expose_triton:
+        raise typer.BadParameter(
+            f"Triton has no authentication, so it binds to loopback only, not {address}; the gateway "
+            "(--gateway-address, with --api-keys-file) is what callers reach. Add --expose-triton if only "
+            "a private network (a container network, a firewalled subnet) reaches this address.",
+            param_hint="--address",
+        )
+    if not is_loopback(address):
+        logger.warning("Triton binds to %s without authentication (--expose-triton)", address)
     spec = zoo.get_spec(model)
     repo = repository or default_repository(spec.name, Target.CPU.value)
     stand_in = spec.stand_in if repository is None else bool((read_manifest(repo) or {}).get("stand_in"))

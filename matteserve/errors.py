@@ -4,6 +4,17 @@ Each boundary (Triton python models, the gateway, the client) translates these i
 transport's errors in one place, with ``raise ... from e`` so the cause is kept.
 """
 
+# What of a caller's string goes into a message or a log line: enough to recognise it, never the
+# megabyte a caller may send.
+QUOTE_LIMIT = 64
+
+
+def quote(text: str | bytes, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(text)`` cut to about ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text) - limit} more)"
+
 
 class MatteserveError(Exception):
     """Root of every error matteserve raises on purpose."""
@@ -15,6 +26,10 @@ class InvalidImage(MatteserveError):
 
 class ImageTooLarge(InvalidImage):
     """The image declares more pixels than the configured limit."""
+
+
+class ResultTooLarge(MatteserveError):
+    """The result is larger than one message may carry; a smaller image or output format fits."""
 
 
 class InvalidOptions(MatteserveError):

@@ -11,7 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from matteserve.errors import InvalidOptions
+from matteserve.errors import InvalidOptions, quote
 
 
 class OutputFormat(str, enum.Enum):
@@ -31,6 +31,8 @@ CONTENT_TYPES = {
 }
 
 _HEX_COLOUR = re.compile(r"#?([0-9a-fA-F]{6})")
+# ASCII digits only: str.isdigit() also accepts '²' and other digits that int() refuses.
+_CHANNEL = re.compile(r"\s*([0-9]{1,3})\s*")
 
 
 def parse_colour(text: str) -> tuple[int, int, int]:
@@ -38,10 +40,12 @@ def parse_colour(text: str) -> tuple[int, int, int]:
     if m := _HEX_COLOUR.fullmatch(text.strip()):
         value = int(m.group(1), 16)
         return (value >> 16) & 255, (value >> 8) & 255, value & 255
-    parts = text.split(",")
-    if len(parts) == 3 and all(p.strip().isdigit() and int(p) <= 255 for p in parts):
-        return int(parts[0]), int(parts[1]), int(parts[2])
-    raise InvalidOptions(f"background must be '#rrggbb' or 'r,g,b' with values 0-255, got {text!r}")
+    matches = [_CHANNEL.fullmatch(part) for part in text.split(",")]
+    if len(matches) == 3:
+        channels = [int(m.group(1)) for m in matches if m]
+        if len(channels) == 3 and max(channels) <= 255:
+            return channels[0], channels[1], channels[2]
+    raise InvalidOptions(f"background must be '#rrggbb' or 'r,g,b' with values 0-255, got {quote(text)}")
 
 
 @dataclass(frozen=True)
@@ -96,10 +100,10 @@ class RequestOptions:
             kwargs["background"] = parse_colour(data["background"])
         if "quality" in data:
             if not isinstance(data["quality"], int) or isinstance(data["quality"], bool):
-                raise InvalidOptions(f"quality must be an integer 1-100, got {data['quality']!r}")
+                raise InvalidOptions(f"quality must be an integer 1-100, got {quote(str(data['quality']))}")
             kwargs["quality"] = data["quality"]
         if "refine" in data:
             if not isinstance(data["refine"], bool):
-                raise InvalidOptions(f"refine must be true or false, got {data['refine']!r}")
+                raise InvalidOptions(f"refine must be true or false, got {quote(str(data['refine']))}")
             kwargs["refine"] = data["refine"]
         return cls(**kwargs)  # type: ignore[arg-type]

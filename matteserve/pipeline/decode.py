@@ -9,9 +9,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import simplejpeg
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from matteserve.errors import ImageTooLarge, InvalidImage
+from matteserve.pipeline.header import Header, read_header
 
 # Only these decoders ever see caller bytes: Pillow can also open formats (EPS, PSD, ...) whose
 # decoders are not meant for untrusted input. (Camera JPEGs that Pillow reports as MPO open through
@@ -21,8 +22,13 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 # EXIF orientations 5-8 rotate by 90 degrees, so the stored width and height swap.
 _SWAPS_AXES = {5, 6, 7, 8}
 
-# Pillow's own bomb check would raise its own error type at 2x this; the limit below replaces it.
-Image.MAX_IMAGE_PIXELS = None
+# The limit is checked from the header (matteserve.pipeline.header) before Pillow sees the bytes;
+# Pillow's own guards stay on behind it, at the largest limit a deployment may configure, in case
+# a decoder finds more pixels than the header declared (it warns above this and refuses at 2x).
+MAX_CONFIGURABLE_PIXELS = 500_000_000
+Image.MAX_IMAGE_PIXELS = MAX_CONFIGURABLE_PIXELS
+# PNG text chunks are decompressed by Pillow: at most 1 MiB each (its default), 8 MiB in all.
+PngImagePlugin.MAX_TEXT_MEMORY = 8 * PngImagePlugin.MAX_TEXT_CHUNK
 Image.init()  # register every plugin so ALLOWED_FORMATS (WebP, TIFF) are all known
 
 
@@ -37,28 +43,53 @@ class ImageLimits:
     def __post_init__(self) -> None:
         if self.max_pixels < 1 or self.min_side < 1 or self.max_aspect < 1:
             raise ValueError("image limits must be positive (max_aspect >= 1)")
+        if self.max_pixels > MAX_CONFIGURABLE_PIXELS:
+            raise ValueError(f"max_pixels is at most {MAX_CONFIGURABLE_PIXELS}, got {self.max_pixels}")
 
 
 def open_image(data: bytes, limits: ImageLimits) -> Image.Image:
-    """Read only the header and check it against ``limits``; pixels are not decoded yet."""
-    if not data:
-        raise InvalidImage("the image is empty (0 bytes)")
+    """Check the header against ``limits``, then open it with Pillow; pixels are not decoded yet.
+
+    The size comes from :func:`check_header`, which reads header bytes only, so a decompression
+    bomb or a chunk flood is refused before Pillow parses anything.
+    """
+    header = check_header(data, limits)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "truncated EXIF": a bad tag must not abort the image
             img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
-        raise InvalidImage(
-            f"not a supported image ({len(data)} bytes starting {data[:8]!r}); send JPEG, PNG, WebP, BMP, TIFF or GIF"
-        ) from None
+        raise InvalidImage(f"the {header.format} image cannot be read; its header is corrupt") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise InvalidImage(f"the image header is corrupt: {e}") from e
-    width, height = oriented_size(img)
-    check_size(width, height, limits)
+    # Sorted: Pillow may report a TIFF already turned by its orientation, which changes no limit.
+    if sorted(img.size) != sorted((header.width, header.height)):
+        raise InvalidImage(
+            f"the {header.format} header declares {header.width}x{header.height} but its frame is "
+            f"{img.size[0]}x{img.size[1]}; re-encode the image"
+        )
+    if header.format == "PNG":
+        # Pillow looks for EXIF after the pixels by decoding them all; it was found from the header.
+        img.info.setdefault("exif", header.exif or b"")
     return img
 
 
+def check_header(data: bytes, limits: ImageLimits) -> Header:
+    """The header of ``data`` if it is within ``limits``; raises InvalidImage (ImageTooLarge) if not.
+
+    Reads header bytes only, at a bounded cost, and never calls Pillow: safe to run for any bytes.
+    """
+    if not data:
+        raise InvalidImage("the image is empty (0 bytes)")
+    header = read_header(data)
+    check_size(header.width, header.height, limits)
+    return header
+
+
 def orientation(img: Image.Image) -> int:
+    """The EXIF orientation still to be applied to ``img`` once loaded (1: none)."""
+    if img.format == "TIFF" and img.size != (img.tag_v2.get(256), img.tag_v2.get(257)):  # type: ignore[attr-defined]
+        return 1  # Pillow (11.1+) reports this TIFF's size turned already, and turns its pixels on load
     try:
         value = img.getexif().get(0x0112, 1)
     except Exception:  # a malformed EXIF block is ignored, as browsers do

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from matteserve.client import AsyncClient, Client, RetryPolicy
-from matteserve.client.errors import InvalidRequest, Overloaded, RemoteError, Timeout, Unauthenticated
+from matteserve.client.errors import InvalidRequest, MessageTooLarge, RemoteError, Timeout, Unauthenticated
 from matteserve.gateway import GatewayProcess
 from matteserve.gateway.auth import hash_key
 from matteserve.tritonserver import TritonServer
@@ -77,7 +77,7 @@ def test_requests_beyond_the_in_flight_limit_get_resource_exhausted_at_once(
 
 
 def test_a_message_above_the_size_limit_gets_resource_exhausted(limited: GatewayProcess) -> None:
-    with Client(limited.target, retry=NO_RETRY) as client, pytest.raises(Overloaded) as err:
+    with Client(limited.target, retry=NO_RETRY) as client, pytest.raises(MessageTooLarge) as err:
         client.remove(b"\xff" * 400_000)
     assert err.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "larger than max" in str(err.value)

@@ -85,7 +85,7 @@ def test_every_input_kind_is_written_inside_outdir_and_each_failure_reported(
     by_file = {r["file"]: r for r in report}
     assert set(by_file) == {str(src / "trip" / "broken.jpg"), str(tmp_path / "missing.jpg")}
     assert by_file[str(src / "trip" / "broken.jpg")]["status"] == "INVALID_ARGUMENT"
-    assert "not a supported image" in by_file[str(src / "trip" / "broken.jpg")]["message"]
+    assert "JPEG header is corrupt" in by_file[str(src / "trip" / "broken.jpg")]["message"]
     assert by_file[str(tmp_path / "missing.jpg")]["status"] == "NOT_FOUND"
 
 

@@ -21,6 +21,7 @@ from matteserve.client.common import retry_delay
 from matteserve.client.errors import (
     BackendUnavailable,
     InvalidRequest,
+    MessageTooLarge,
     Overloaded,
     ServerError,
     Timeout,
@@ -39,6 +40,8 @@ class Flaky(pb_grpc.BackgroundRemovalServicer):
 
     failures: int = 0
     code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
+    message: str = "planned failure"
+    data: bytes = b"out"
     calls: list[tuple[pb.RemoveRequest, dict[str, str], str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -48,8 +51,8 @@ class Flaky(pb_grpc.BackgroundRemovalServicer):
             failing = len(self.calls) <= self.failures
         if failing:
             context.set_trailing_metadata((("x-request-id", f"rid-{len(self.calls)}"),))
-            context.abort(self.code, f"planned failure {len(self.calls)}")
-        return pb.RemoveResponse(data=b"out", content_type="image/png", width=3, height=2, request_id="rid-ok")
+            context.abort(self.code, f"{self.message} {len(self.calls)}")
+        return pb.RemoveResponse(data=self.data, content_type="image/png", width=3, height=2, request_id="rid-ok")
 
 
 @pytest.fixture
@@ -93,6 +96,44 @@ def test_invalid_argument_is_not_retried(server: tuple[Flaky, str]) -> None:
     with Client(target, retry=FAST) as client, pytest.raises(InvalidRequest, match="planned failure 1"):
         client.remove(b"img")
     assert len(servicer.calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        (grpc.StatusCode.OUT_OF_RANGE, "the result is 107.0 MiB, above the 64.0 MiB a response may carry"),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "SERVER: Received message larger than max (400008 vs. 300000)"),
+    ],
+    ids=["result too large (gateway)", "request too large (gRPC)"],
+)
+def test_a_message_too_large_is_raised_at_once_never_retried(
+    server: tuple[Flaky, str], code: grpc.StatusCode, message: str
+) -> None:
+    servicer, target = server
+    servicer.failures, servicer.code, servicer.message = 100, code, message
+    with Client(target, retry=FAST) as client, pytest.raises(MessageTooLarge) as err:
+        client.remove(b"img")
+    assert len(servicer.calls) == 1
+    assert err.value.code is code
+    assert not isinstance(err.value, core.Overloaded)
+
+    async def go() -> None:
+        async with AsyncClient(target, retry=FAST) as client:
+            await client.remove(b"img")
+
+    with pytest.raises(MessageTooLarge):
+        asyncio.run(go())
+    assert len(servicer.calls) == 2
+
+
+def test_an_answer_above_the_clients_receive_limit_is_not_fetched_again(server: tuple[Flaky, str]) -> None:
+    servicer, target = server
+    servicer.data = b"x" * 200_000
+    with Client(target, retry=FAST, max_message_bytes=100_000) as client, pytest.raises(MessageTooLarge):
+        client.remove(b"img")
+    assert len(servicer.calls) == 1
+    _, metadata, _ = servicer.calls[0]
+    assert metadata["matteserve-max-response-bytes"] == "100000"  # so the gateway can refuse it first
 
 
 def test_backoff_never_sleeps_past_the_deadline(server: tuple[Flaky, str]) -> None:

@@ -59,6 +59,12 @@ def test_without_keys_the_gateway_refuses_to_listen_beyond_loopback() -> None:
     check_exposure(GatewayConfig(host="127.0.0.1"), KeyRing(frozenset()))
 
 
+def test_without_keys_metrics_are_not_served_beyond_loopback_either() -> None:
+    with pytest.raises(ConfigError, match=r"not 0\.0\.0\.0 \(--metrics-host\)"):
+        check_exposure(GatewayConfig(metrics_host="0.0.0.0"), KeyRing(frozenset()))
+    check_exposure(GatewayConfig(host="0.0.0.0", metrics_host="0.0.0.0"), KeyRing(frozenset({hash_key("k")})))
+
+
 @pytest.mark.parametrize(
     ("host", "loopback"),
     [("127.0.0.1", True), ("::1", True), ("localhost", True), ("0.0.0.0", False), ("10.1.2.3", False), ("[::]", False)],

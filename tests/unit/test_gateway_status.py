@@ -9,7 +9,7 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from matteserve import errors
-from matteserve.gateway.status import InvalidRequest, TritonRejected, code_of, from_triton, message_of
+from matteserve.gateway.status import InvalidRequest, TritonRejected, code_of, described, from_triton, message_of
 
 
 @pytest.mark.parametrize(
@@ -55,9 +55,24 @@ def test_triton_errors_become_the_error_they_mean_for_the_caller(status: str, ki
     assert type(error) is kind
 
 
-def test_triton_messages_are_kept_for_the_caller() -> None:
-    error = from_triton(
-        InferenceServerException("in ensemble 'remove_background', preprocess: bad", "StatusCode.INVALID_ARGUMENT"),
-        "t:8001",
+def test_triton_messages_reach_the_caller_without_internal_addresses_or_model_names() -> None:
+    triton_says = (
+        "in ensemble 'remove_background', Failed to process the request(s) for model 'preprocess_0_0', "
+        "message: InvalidImage: the image is empty (0 bytes)"
     )
-    assert str(error) == "in ensemble 'remove_background', preprocess: bad"
+    error = from_triton(InferenceServerException(triton_says, "StatusCode.INVALID_ARGUMENT"), "10.0.0.1:8001")
+    assert message_of(error) == "InvalidImage: the image is empty (0 bytes)"
+    assert "10.0.0.1:8001" in described(error)  # kept for the gateway's log
+    assert triton_says in described(error)
+
+
+@pytest.mark.parametrize("status", ["StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.INTERNAL"])
+def test_no_triton_failure_names_its_endpoint_to_the_caller(status: str) -> None:
+    error = from_triton(InferenceServerException("failed to connect to all addresses", status=status), "10.0.0.1:8001")
+    assert "10.0.0.1" not in message_of(error)
+    assert "Triton" not in message_of(error)
+    assert "10.0.0.1:8001" in described(error)
+
+
+def test_a_result_too_large_is_out_of_range_not_the_retryable_resource_exhausted() -> None:
+    assert code_of(errors.ResultTooLarge("108 MiB")) is grpc.StatusCode.OUT_OF_RANGE

@@ -1,0 +1,231 @@
+"""Hostile-caller figures on a real Triton + gateway (loopback): what a bomb, an unauthenticated flood
+and an unread stream cost the gateway. tests/integration/test_gateway_hostile.py asserts bounds on
+the same things; this prints the numbers. Run it on a quiet machine:
+
+    .venv/bin/python tools/bench_hostile.py
+
+  * health-check latency (p50, max) while 4 PNG bombs (60000x60000 1-bit, 437 KB) and 4 valid
+    9 MP RGBA PNGs are refused, the slowest refusal, and the gateway's peak RSS growth;
+  * 16 concurrent unauthenticated 16 MiB calls: outcome, time, peak RSS growth;
+  * a stream of 32 items (1 MiB RAW answers each) that is never read, stream window 2: items
+    worked on while 4 other calls complete;
+  * first, in this process: CPU milliseconds of open_image refusing the bomb and a PNG of 500k
+    text chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import socket
+import struct
+import tempfile
+import time
+import urllib.request
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from matteserve.api.v1 import matteserve_pb2 as pb
+from matteserve.api.v1 import matteserve_pb2_grpc as pb_grpc
+from matteserve.build.builder import build
+from matteserve.client import AsyncClient, Client, RetryPolicy
+from matteserve.client.common import build_request
+from matteserve.errors import MatteserveError
+from matteserve.gateway import GatewayConfig, GatewayProcess
+from matteserve.gateway.auth import hash_key
+from matteserve.loadtest.images import photo_jpeg
+from matteserve.pipeline.decode import ImageLimits, open_image
+from matteserve.tritonserver import TritonConfig, TritonServer
+from matteserve.zoo import get_spec
+
+ONCE = RetryPolicy(attempts=1)
+MiB = 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def png_bomb(side: int) -> bytes:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    packer = zlib.compressobj(9)
+    rows = bytes(1 + side // 8) * 1000
+    idat = b"".join(packer.compress(rows) for _ in range(side // 1000)) + packer.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def header_costs() -> None:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48)).save(buf, "PNG")
+    png = buf.getvalue()
+    idat = png.index(b"IDAT") - 4
+    cases = {
+        "PNG bomb 60000x60000 1-bit (437 KB)": png_bomb(60000),
+        "PNG with 500k tEXt chunks": png[:idat] + chunk(b"tEXt", b"k\x00v") * 500_000 + png[idat:],
+    }
+    for name, data in cases.items():
+        start = time.process_time()
+        try:
+            open_image(data, ImageLimits())
+            outcome = "accepted"
+        except MatteserveError as e:
+            outcome = type(e).__name__
+        print(f"open_image, {name}: {outcome} in {(time.process_time() - start) * 1000:.2f} CPU ms")
+
+
+def peak_rss_mib(gw: GatewayProcess) -> float:
+    assert gw.process is not None
+    for line in Path(f"/proc/{gw.process.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc")
+
+
+def streamed(gw: GatewayProcess) -> float:
+    with urllib.request.urlopen(gw.cfg.metrics_url, timeout=5) as r:
+        text = r.read().decode()
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "matteserve_gateway_requests_total" and s.labels.get("method") == "RemoveStream"
+    )
+
+
+def gateway(triton: TritonServer, folder: Path, **settings: object) -> GatewayProcess:
+    cfg = GatewayConfig(tritons=(triton.cfg.grpc_url,), port=free_port(), metrics_port=free_port(), **settings)
+    return GatewayProcess(cfg, log_path=folder / f"gateway-{cfg.port}.log").start()
+
+
+def bombs_beside_health(gw: GatewayProcess) -> None:
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(photo_jpeg("astronaut", 3000))).convert("RGBA").save(buf, "PNG", compress_level=1)
+    payloads = [png_bomb(60000), buf.getvalue()] * 4
+
+    async def run() -> tuple[list[float], list[float]]:
+        async with AsyncClient(gw.target, retry=ONCE, timeout=120) as client:
+            await client.health()
+            done = asyncio.Event()
+            health: list[float] = []
+
+            async def probe() -> None:  # on a connection of its own, as a load balancer's probe
+                async with AsyncClient(gw.target, timeout=10) as prober:
+                    await prober.health()
+                    while not done.is_set():
+                        start = time.perf_counter()
+                        await prober.health()
+                        health.append(time.perf_counter() - start)
+                        await asyncio.sleep(0.01)
+
+            async def refused(data: bytes) -> float:
+                start = time.perf_counter()
+                with contextlib.suppress(MatteserveError):
+                    await client.remove(data)
+                return time.perf_counter() - start
+
+            probing = asyncio.create_task(probe())
+            await asyncio.sleep(0.05)
+            refusals = await asyncio.gather(*(refused(d) for d in payloads))
+            done.set()
+            await probing
+            return sorted(health), list(refusals)
+
+    before = peak_rss_mib(gw)
+    health, refusals = asyncio.run(run())
+    print(
+        f"health during 4 bombs + 4 9 MP PNGs refused: {len(health)} checks, p50 {health[len(health) // 2] * 1000:.1f} "
+        f"ms, max {health[-1] * 1000:.0f} ms; slowest refusal {max(refusals) * 1000:.0f} ms; "
+        f"gateway peak RSS +{peak_rss_mib(gw) - before:.0f} MiB"
+    )
+
+
+def unauthenticated_flood(gw: GatewayProcess) -> None:
+    body = bytes(16 * MiB)
+
+    async def run() -> set[str]:
+        async with AsyncClient(gw.target, api_key="wrong", retry=ONCE, timeout=120) as client:
+            await client.health()
+
+            async def one() -> str:
+                try:
+                    await client.remove(body)
+                except MatteserveError as e:
+                    return type(e).__name__
+                return "OK"
+
+            return set(await asyncio.gather(*(one() for _ in range(16))))
+
+    before, start = peak_rss_mib(gw), time.perf_counter()
+    outcomes = asyncio.run(run())
+    print(
+        f"16 unauthenticated 16 MiB calls: {sorted(outcomes)} in {time.perf_counter() - start:.2f} s; "
+        f"gateway peak RSS +{peak_rss_mib(gw) - before:.0f} MiB"
+    )
+
+
+def unread_stream(gw: GatewayProcess, window: int) -> None:
+    photo = photo_jpeg("astronaut", 1024)
+
+    def items() -> Iterator[pb.RemoveStreamRequest]:
+        for i in range(32):
+            yield pb.RemoveStreamRequest(id=str(i), request=build_request(photo, "raw"))
+
+    before = peak_rss_mib(gw)
+    options = [("grpc.max_receive_message_length", 64 * MiB), ("grpc.http2.bdp_probe", 0)]
+    with grpc.insecure_channel(gw.target, options=options) as channel:
+        call = pb_grpc.BackgroundRemovalStub(channel).RemoveStream(items(), timeout=300)
+        try:
+            while streamed(gw) < window:
+                time.sleep(0.1)
+            with Client(gw.target, timeout=120) as other:
+                for _ in range(4):
+                    other.remove(photo, format="raw")
+            worked = streamed(gw)
+        finally:
+            call.cancel()
+    print(
+        f"stream never read (window {window}): {worked:.0f} items worked on while 4 other calls finished; "
+        f"gateway peak RSS +{peak_rss_mib(gw) - before:.0f} MiB"
+    )
+
+
+def main() -> None:
+    header_costs()
+    with tempfile.TemporaryDirectory(prefix="bench-hostile-") as tmp:
+        folder = Path(tmp)
+        repo = build(get_spec("u2netp"), folder / "repo")
+        cfg = TritonConfig(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+        triton = TritonServer(cfg, log_path=folder / "triton.log").start()
+        keys = folder / "keys"
+        keys.write_text(f"{hash_key('bench-hostile-key-0123456789')}\n")
+        try:
+            for run, settings in (
+                (bombs_beside_health, {"max_pixels": 1_000_000}),
+                (unauthenticated_flood, {"api_keys_file": keys}),
+                (lambda gw: unread_stream(gw, 2), {"stream_window": 2}),
+            ):
+                gw = gateway(triton, folder, **settings)
+                try:
+                    run(gw)
+                finally:
+                    gw.stop()
+        finally:
+            triton.stop()
+
+
+if __name__ == "__main__":
+    main()
