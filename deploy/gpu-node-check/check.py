@@ -124,6 +124,19 @@ def triton_command(site: Path, repository: Path, backends: Path, port: int, shm_
     ]
 
 
+def numpy_problem(version: str) -> str | None:
+    """Why this host's numpy cannot serve, or None. Triton 2.51's python backend (nvidia-pytriton
+    0.7.0) was built for numpy 1.x: under numpy 2 the stubs misread BYTES tensors and die on the
+    first request."""
+    if int(version.split(".")[0]) < 2:
+        return None
+    return (
+        f"this Python has numpy {version}; the bundled Triton's python backend needs numpy < 2. Run check.py "
+        "with a Python whose numpy is 1.x (e.g. python3 -m venv v && v/bin/pip install 'numpy<2', offline from "
+        "a numpy 1.26 wheel if the host has no index)"
+    )
+
+
 def stub_python(site: Path, work: Path) -> Path:
     """A venv (no pip, so no ensurepip needed) whose site-packages sees the bundle and every package
     this interpreter sees (numpy). The python backend stub embeds libpython in isolated mode: it
@@ -299,6 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=HERE / "work")
     parser.add_argument("--out", type=Path, default=HERE / "result.json")
     args = parser.parse_args(argv)
+    import numpy
+
+    if problem := numpy_problem(numpy.__version__):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
 
     site = args.work / "site"
     extract_wheels(HERE / "wheels", site)

@@ -128,3 +128,11 @@ def test_real_process_tree_cpu_is_counted() -> None:
     finally:
         os.killpg(parent.pid, signal.SIGKILL)  # the parent and its busy child
         parent.wait()
+
+
+def test_a_host_with_numpy_2_is_refused_with_what_to_do() -> None:
+    # Measured here: under numpy 2.4 the bundled Triton 2.51 stub died on the first BYTES request.
+    assert check.numpy_problem("1.26.4") is None
+    problem = check.numpy_problem("2.4.6")
+    assert problem is not None
+    assert "numpy < 2" in problem
