@@ -85,12 +85,7 @@ async def measure(args: argparse.Namespace, triton_url: str, gateway_target: str
     gateway_overhead_ms: list[float] = []
 
     async def direct(image: bytes) -> None:
-        inputs = []
-        for name, value in ((contract.IMAGE, image), (contract.OPTIONS, options)):
-            tensor = tritongrpc.InferInput(name, [1, 1], "BYTES")
-            tensor.set_data_from_numpy(np.array([[value]], dtype=np.object_))
-            inputs.append(tensor)
-        result = await triton.infer(contract.ENSEMBLE, inputs, client_timeout=300)
+        result = await triton.infer(contract.ENSEMBLE, contract.ensemble_inputs(image, options), client_timeout=300)
         result.as_numpy(contract.RESULT)
 
     async with AsyncClient(gateway_target, timeout=300, retry=RetryPolicy(attempts=1)) as client:

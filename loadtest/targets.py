@@ -11,9 +11,6 @@ import json
 import logging
 import socket
 from collections.abc import Sequence
-from typing import Any
-
-import numpy as np
 
 from matteserve import contract
 from matteserve.errors import MatteserveError
@@ -67,26 +64,18 @@ class TritonTarget:
         options = json.dumps({"format": output_format.value}).encode()
         # Requests are built once per distinct input: the generator's own CPU time must stay small
         # next to the server's on a shared machine.
-        self._options = self._tensor(contract.OPTIONS, options)
-        self._requests = {id(image): [self._tensor(contract.IMAGE, image), self._options] for image in inputs}
+        self._options = options
+        self._requests = {id(image): contract.ensemble_inputs(image, options) for image in inputs}
         self._outputs = [
             grpcclient.InferRequestedOutput(contract.RESULT),
             grpcclient.InferRequestedOutput(contract.META),
         ]
 
-    @staticmethod
-    def _tensor(name: str, value: bytes) -> Any:
-        import tritonclient.grpc.aio as grpcclient
-
-        tensor = grpcclient.InferInput(name, [1, 1], "BYTES")
-        tensor.set_data_from_numpy(np.array([[value]], dtype=np.object_))
-        return tensor
-
     async def send(self, image: bytes) -> str:
         from tritonclient.utils import InferenceServerException
 
         try:
-            request = self._requests.get(id(image)) or [self._tensor(contract.IMAGE, image), self._options]
+            request = self._requests.get(id(image)) or contract.ensemble_inputs(image, self._options)
             await self.client.infer(contract.ENSEMBLE, request, outputs=self._outputs, client_timeout=self.timeout)
         except InferenceServerException as e:
             return status_name(e.status())

@@ -132,13 +132,9 @@ def triton_infer(triton: TritonServer) -> Callable[..., tuple[bytes, dict[str, o
     client = grpcclient.InferenceServerClient(triton.cfg.grpc_url)
 
     def infer(image: bytes, options: dict[str, object] | None = None) -> tuple[bytes, dict[str, object]]:
-        inputs = []
-        for name, value in (("IMAGE", image), ("OPTIONS", json.dumps(options or {}).encode())):
-            tensor = grpcclient.InferInput(name, [1, 1], "BYTES")
-            tensor.set_data_from_numpy(np.array([[value]], dtype=np.object_))
-            inputs.append(tensor)
-        result = client.infer("remove_background", inputs, client_timeout=120)
-        return result.as_numpy("RESULT")[0, 0], json.loads(result.as_numpy("META")[0, 0])
+        inputs = contract.ensemble_inputs(image, json.dumps(options or {}).encode())
+        result = client.infer(contract.ENSEMBLE, inputs, client_timeout=120)
+        return result.as_numpy(contract.RESULT)[0, 0], json.loads(result.as_numpy(contract.META)[0, 0])
 
     return infer
 

@@ -133,11 +133,7 @@ def _closed_loop(grpc_url: str, images: list[bytes], concurrency: int, seconds: 
     def worker(i: int) -> None:
         client = grpcclient.InferenceServerClient(grpc_url)
         while time.perf_counter() < deadline:
-            inputs = []
-            for name, value in ((contract.IMAGE, images[(i + done[i]) % len(images)]), (contract.OPTIONS, b"{}")):
-                t = grpcclient.InferInput(name, [1, 1], "BYTES")
-                t.set_data_from_numpy(np.array([[value]], dtype=np.object_))
-                inputs.append(t)
+            inputs = contract.ensemble_inputs(images[(i + done[i]) % len(images)], b"{}")
             client.infer(contract.ENSEMBLE, inputs, client_timeout=120)
             done[i] += 1
 

@@ -123,12 +123,7 @@ def test_triton_serves_the_engine_through_the_ensemble(triton_grpc: str, photos:
     limits = ImageLimits()
     options = json.dumps({"format": "mask"}).encode()
     for name, data in photos.items():
-        inputs = []
-        for tensor_name, value in ((contract.IMAGE, data), (contract.OPTIONS, options)):
-            t = grpcclient.InferInput(tensor_name, [1, 1], "BYTES")
-            t.set_data_from_numpy(np.array([[value]], dtype=np.object_))
-            inputs.append(t)
-        result = client.infer(contract.ENSEMBLE, inputs, client_timeout=60)
+        result = client.infer(contract.ENSEMBLE, contract.ensemble_inputs(data, options), client_timeout=60)
         served = np.asarray(Image.open(io.BytesIO(result.as_numpy(contract.RESULT)[0, 0])), dtype=np.float64)
         alpha = cpu.run([stages.preprocess(data, options, SPEC, limits)])[0]
         expected = stages.postprocess(data, options, alpha, limits)

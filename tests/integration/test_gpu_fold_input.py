@@ -47,11 +47,7 @@ def infer(server: TritonServer, image: bytes) -> np.ndarray:
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(server.cfg.grpc_url)
-    inputs = []
-    for name, value in ((contract.IMAGE, image), (contract.OPTIONS, json.dumps({"format": "mask"}).encode())):
-        tensor = grpcclient.InferInput(name, [1, 1], "BYTES")
-        tensor.set_data_from_numpy(np.array([[value]], dtype=np.object_))
-        inputs.append(tensor)
+    inputs = contract.ensemble_inputs(image, json.dumps({"format": "mask"}).encode())
     result = client.infer(contract.ENSEMBLE, inputs, client_timeout=120)
     return np.asarray(Image.open(io.BytesIO(result.as_numpy(contract.RESULT)[0, 0])), dtype=np.int16)
 

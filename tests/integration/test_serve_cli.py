@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import tritonclient.grpc as grpcclient
 
 from matteserve import contract
@@ -51,11 +50,7 @@ def test_serve_starts_triton_answers_and_stops_cleanly_on_sigterm(
         lines = wait_for_line(proc, "Triton ready", timeout=120)
         assert f"127.0.0.1:{ports['--grpc-port']}" in lines[-1]
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{ports['--grpc-port']}")
-        inputs = []
-        for name, value in ((contract.IMAGE, make_photo(320, 240)), (contract.OPTIONS, b'{"format": "mask"}')):
-            tensor = grpcclient.InferInput(name, [1, 1], "BYTES")
-            tensor.set_data_from_numpy(np.array([[value]], dtype=np.object_))
-            inputs.append(tensor)
+        inputs = contract.ensemble_inputs(make_photo(320, 240), b'{"format": "mask"}')
         meta = json.loads(client.infer(contract.ENSEMBLE, inputs, client_timeout=60).as_numpy(contract.META)[0, 0])
         assert (meta["width"], meta["height"]) == (320, 240)
         proc.send_signal(signal.SIGTERM)

@@ -73,12 +73,7 @@ def test_the_stand_in_serves_its_fixed_matte_at_every_images_size(
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
 
         def infer(image: bytes, options: bytes) -> tuple[bytes, dict[str, object]]:
-            inputs = []
-            for name, value in ((contract.IMAGE, image), (contract.OPTIONS, options)):
-                tensor = grpcclient.InferInput(name, [1, 1], "BYTES")
-                tensor.set_data_from_numpy(np.array([[value]], dtype=np.object_))
-                inputs.append(tensor)
-            result = client.infer(contract.ENSEMBLE, inputs, client_timeout=60)
+            result = client.infer(contract.ENSEMBLE, contract.ensemble_inputs(image, options), client_timeout=60)
             return result.as_numpy(contract.RESULT)[0, 0], json.loads(result.as_numpy(contract.META)[0, 0])
 
         raw, meta = infer(make_photo(640, 480), b'{"format": "raw"}')
