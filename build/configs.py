@@ -36,6 +36,10 @@ class ServingPlan:
     max_batch_size: int = 4
     queue_delay_us: int = 0
     max_queue_size: int = 64
+    # Triton lets a request's own timeout only shorten its queue's default timeout, never set one
+    # where the default is 0: this default is a ceiling no caller reaches, so the deadlines the
+    # gateway sends always apply.
+    queue_timeout_us: int = 600_000_000
     matting_instances: int = 1
     matting_threads: int = 0  # onnxruntime intra-op threads; 0 = all cores
     preprocess_instances: int = 1
@@ -43,8 +47,9 @@ class ServingPlan:
     limits: ImageLimits = field(default_factory=ImageLimits)
     onnx_filename: str = "model.onnx"
     # Triton queue priorities, 1 = highest; 0 levels = none. With 2, requests without a priority are
-    # interactive (1) and bulk callers send priority 2, so interactive calls overtake queued bulk work.
-    priority_levels: int = 0
+    # interactive (1) and bulk callers send priority 2, so interactive calls overtake queued bulk work
+    # (the gateway sends big images at 2, so they cannot hold small ones up in any queue).
+    priority_levels: int = 2
     # GPU: (compute capability, plan file) for every engine built, rendered as cc_model_filenames.
     engine_files: tuple[tuple[str, str], ...] = ()
     # CPU: serve the folded graph (matteserve.build.gpu.graph.fold_io) that takes uint8 pixels, as
@@ -120,9 +125,16 @@ def _parameters(values: dict[str, str]) -> dict[str, Any]:
 
 
 def _batching(plan: ServingPlan) -> dict[str, Any]:
+    """Every queue honours the per-request ``timeout`` the gateway sends (the caller's remaining
+    deadline): a request still queued when it expires is rejected there, before any compute."""
     batching: dict[str, Any] = {
         "max_queue_delay_microseconds": plan.queue_delay_us,
-        "default_queue_policy": {"max_queue_size": plan.max_queue_size},
+        "default_queue_policy": {
+            "max_queue_size": plan.max_queue_size,
+            "timeout_action": "REJECT",
+            "default_timeout_microseconds": plan.queue_timeout_us,
+            "allow_timeout_override": True,
+        },
     }
     if plan.priority_levels:
         batching |= {"priority_levels": plan.priority_levels, "default_priority_level": 1}

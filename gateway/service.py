@@ -16,7 +16,8 @@ from typing import Any
 
 import grpc
 
-from matteserve.errors import InvalidOptions, Overloaded
+from matteserve.errors import InvalidOptions
+from matteserve.gateway.admission import Admission, AdmissionSettings, Ticket
 from matteserve.gateway.auth import KeyRing
 from matteserve.gateway.backends import TritonPool
 from matteserve.gateway.config import GatewayConfig
@@ -73,7 +74,13 @@ class BackgroundRemovalService(pb_grpc.BackgroundRemovalServicer):
         self.pool = pool
         self.metrics = metrics
         self.keys = keys
-        self.in_flight = 0
+        self.admission = Admission(
+            AdmissionSettings(cfg.queue_budget_s, cfg.big_image_pixels, cfg.big_in_flight, cfg.max_in_flight), metrics
+        )
+
+    @property
+    def in_flight(self) -> int:
+        return self.admission.in_flight
 
     async def Remove(self, request: pb.RemoveRequest, context: grpc.aio.ServicerContext) -> pb.RemoveResponse:
         metadata = context.invocation_metadata()
@@ -138,24 +145,23 @@ class BackgroundRemovalService(pb_grpc.BackgroundRemovalServicer):
         start = time.perf_counter()
         fmt = format_label(request.options)
         outcome: BaseException | None = None
-        admitted = False
+        ticket: Ticket | None = None
+        waited = False
         log: dict[str, Any] = {"request_id": rid, "method": method, "format": fmt, "bytes_in": len(request.image)}
         try:
             if metadata is not None:
                 self.keys.check(metadata)
-            if self.in_flight >= self.cfg.max_in_flight:
-                raise Overloaded(f"the gateway is at its limit of {self.cfg.max_in_flight} requests in flight; retry")
-            self.in_flight += 1
-            admitted = True
-            self.metrics.in_flight.inc()
             options = to_options(request.options)
             self.metrics.request_bytes.observe(len(request.image))
             with open_image(request.image, self.cfg.limits) as header:
-                megapixels = header.width * header.height / 1e6
-            self.metrics.input_megapixels.observe(megapixels)
+                pixels = header.width * header.height
+            self.metrics.input_megapixels.observe(pixels / 1e6)
+            ticket = self.admission.admit(pixels, deadline)  # or RESOURCE_EXHAUSTED at once
+            self.metrics.in_flight.inc()
             result = await self.pool.infer(
-                request.image, options.to_json(), request.options.model or None, deadline, rid
+                request.image, options.to_json(), request.options.model or None, deadline, rid, ticket.priority
             )
+            waited = result.waited
             log |= {"endpoint": result.endpoint, "model": result.model, "bytes_out": len(result.data)}
             self.metrics.response_bytes.observe(len(result.data))
             meta = result.meta
@@ -178,8 +184,9 @@ class BackgroundRemovalService(pb_grpc.BackgroundRemovalServicer):
             outcome = e
             raise
         finally:
-            if admitted:
-                self.in_flight -= 1
+            if ticket is not None:
+                # Only a call that ran without waiting for a restarted Triton measures the drain rate.
+                self.admission.release(ticket, completed=outcome is None and not waited)
                 self.metrics.in_flight.dec()
             self._record(method, fmt, outcome, time.perf_counter() - start, log)
 
@@ -194,6 +201,10 @@ class BackgroundRemovalService(pb_grpc.BackgroundRemovalServicer):
             log |= {"code": code, "duration_ms": round(seconds * 1000, 2)}
             if outcome is not None and code == "INTERNAL":
                 logger.error("%s %s failed", method, log["request_id"], exc_info=outcome, extra=log)
+            elif code == "RESOURCE_EXHAUSTED":
+                # Under overload refusals come by the hundred per second: counted above, summarised
+                # by gateway/admission.py, never one INFO line each.
+                logger.debug("%s %s %s: %s", method, fmt, code, outcome, extra=log)
             else:
                 detail = "" if outcome is None else f": {outcome}"
                 logger.info("%s %s %s in %.1f ms%s", method, fmt, code, seconds * 1000, detail, extra=log)

@@ -45,14 +45,22 @@ def message_of(exc: BaseException) -> str:
     return str(exc)
 
 
+# Triton answers both with UNAVAILABLE; only the message tells them from a server that is down.
+QUEUE_FULL = "Exceeds maximum queue size"
+QUEUE_TIMEOUT = "Request timeout expired"
+
+
 def from_triton(exc: InferenceServerException, endpoint: str) -> errors.MatteserveError:
     """A tritonclient error -> the matteserve error it means for the caller."""
     status = (exc.status() or "").removeprefix("StatusCode.")
     message = exc.message() or str(exc)
     if status == "INVALID_ARGUMENT":
         return InvalidRequest(message)
-    if status == "DEADLINE_EXCEEDED":
+    if status == "DEADLINE_EXCEEDED" or QUEUE_TIMEOUT in message:
         return errors.Timeout(f"Triton at {endpoint} did not answer before the deadline")
-    if status in ("UNAVAILABLE", "CANCELLED", "RESOURCE_EXHAUSTED", "") or "failed to connect" in message:
+    # A full queue is a busy server, not a broken one: it must never take the endpoint out of rotation.
+    if status == "RESOURCE_EXHAUSTED" or QUEUE_FULL in message:
+        return errors.Overloaded(f"Triton at {endpoint} has a full queue; retry later")
+    if status in ("UNAVAILABLE", "CANCELLED", "") or "failed to connect" in message:
         return errors.BackendUnavailable(f"Triton at {endpoint} is unavailable: {message}")
     return TritonRejected(f"Triton at {endpoint} failed the request ({status}): {message}")
