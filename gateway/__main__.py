@@ -52,6 +52,9 @@ def main(
     queue_budget: Annotated[
         float, typer.Option(help="Seconds an image may be expected to wait for Triton; beyond, RESOURCE_EXHAUSTED.")
     ] = c.GatewayConfig.queue_budget_s,
+    min_in_flight: Annotated[
+        int, typer.Option(help="Images always admitted, whatever the estimate (keeps the Tritons busy).")
+    ] = c.GatewayConfig.min_in_flight,
     big_image_pixels: Annotated[
         int, typer.Option(help="Images of this many pixels or more go to the big lane (lower priority).")
     ] = c.GatewayConfig.big_image_pixels,
@@ -100,6 +103,7 @@ def main(
             max_pixels=max_pixels,
             max_in_flight=max_in_flight,
             queue_budget_s=queue_budget,
+            min_in_flight=min_in_flight,
             big_image_pixels=big_image_pixels,
             big_in_flight=big_in_flight,
             backend_wait_s=backend_wait,

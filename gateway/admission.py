@@ -9,7 +9,9 @@ A new request is refused with RESOURCE_EXHAUSTED, before any work, when
 - its estimated finish (one more) falls after the caller's deadline, or
 - its lane is full (the big lane takes a few at a time, so big images never hold every worker).
 
-An idle lane always takes one request, so the estimate can never lock a lane shut. Big images also
+Below ``min_in_flight`` (small lane) requests are taken whatever the estimate: that many keep the
+backends busy, and an estimate made while they were not busy says little about what they can do.
+An idle big lane likewise always takes one, so the estimate can never lock a lane shut. Big images also
 go to Triton at a lower priority, so a small image overtakes every queued big one; together with the
 big lane's slots this bounds what a stream of huge images can cost a small one.
 """
@@ -47,6 +49,7 @@ class AdmissionSettings:
     big_image_pixels: int
     big_in_flight: int
     max_in_flight: int
+    min_in_flight: int = 4
 
 
 @dataclass
@@ -96,25 +99,28 @@ class Admission:
             return None
         return state.in_flight / state.rate, (state.in_flight + 1) / state.rate
 
-    def admit(self, pixels: int, deadline: float) -> Ticket:
-        """A ticket for the request, or :class:`Overloaded` at once, saying why."""
+    def admit(self, pixels: int, deadline: float, backends_ready: bool = True) -> Ticket:
+        """A ticket for the request, or :class:`Overloaded` at once, saying why. While no backend is
+        ready (a Triton restart) only the hard limits apply: the request will wait for one to come
+        back, and a drain rate measured before says nothing about when that is."""
         lane = self.lane_of(pixels)
         state = self._lanes[lane]
         now = self._now()
-        reason = self._refusal(lane, state, deadline - now)
+        reason = self._refusal(lane, state, deadline - now, backends_ready)
         if reason is not None:
             self._refuse(lane, reason)
         state.in_flight += 1
         return Ticket(lane, state.in_flight - 1, now)
 
-    def _refusal(self, lane: Lane, state: _LaneState, remaining: float) -> str | None:
+    def _refusal(self, lane: Lane, state: _LaneState, remaining: float, backends_ready: bool) -> str | None:
         s = self.settings
         if self.in_flight >= s.max_in_flight:
             return f"the gateway is at its limit of {s.max_in_flight} requests in flight"
         if lane is Lane.BIG and state.in_flight >= s.big_in_flight:
             return f"{s.big_in_flight} image(s) of {s.big_image_pixels / 1e6:g} MP or more are already being worked on"
+        floor = s.min_in_flight if lane is Lane.SMALL else 1
         estimate = self.estimate(lane)
-        if state.in_flight == 0 or estimate is None:
+        if state.in_flight < floor or estimate is None or not backends_ready:
             return None
         wait, finish = estimate
         if wait > s.queue_budget_s:

@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 2.0
 DEADLINE_MARGIN_S = 0.05
+BACKEND_WAIT_MARGIN_S = 0.2
 # Times one request goes back to the endpoints after waiting for one to be ready: an endpoint that
 # probes ready but fails every call must not be called in a loop until the deadline.
 MAX_ROUNDS = 3
@@ -153,6 +154,10 @@ class TritonPool:
         await asyncio.gather(*(ep.client.close() for ep in endpoints), return_exceptions=True)
 
     @property
+    def any_ready(self) -> bool:
+        return any(ep.ready for ep in self.endpoints)
+
+    @property
     def models(self) -> set[str]:
         return {ep.model for ep in self.endpoints if ep.model is not None}
 
@@ -163,7 +168,9 @@ class TritonPool:
         is ready wait for one, all before ``deadline``."""
         tried: list[Endpoint] = []
         failure: BackendUnavailable | None = None
-        wait_until = min(deadline, time.monotonic() + self.backend_wait_s)
+        failed: Endpoint | None = None
+        # Waiting ends a little before the caller's deadline, so the caller hears UNAVAILABLE, not a timeout.
+        wait_until = min(deadline - BACKEND_WAIT_MARGIN_S, time.monotonic() + self.backend_wait_s)
         rounds = 0
         while True:
             ep = self._pick(model, tried)
@@ -173,8 +180,8 @@ class TritonPool:
                 ep = self._pick(model, tried)
             if ep is None:
                 raise failure or self._nothing_ready(model)
-            if failure is not None:
-                self.metrics.retries.labels(tried[-1].url).inc()
+            if failed is not None:
+                self.metrics.retries.labels(failed.url).inc()
             tried.append(ep)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -186,7 +193,7 @@ class TritonPool:
                 return dataclasses.replace(result, waited=True) if rounds else result
             except BackendUnavailable as e:
                 logger.warning("%s; trying another endpoint", e, extra={"request_id": request_id})
-                failure = e
+                failure, failed = e, ep
                 self._suspect(ep)
 
     async def _wait_for_ready(self, model: str | None, until: float, request_id: str) -> bool:

@@ -47,6 +47,8 @@ class GatewayConfig:
     # Admission (gateway/admission.py): a request whose estimated wait for the backends exceeds this
     # is refused at once with RESOURCE_EXHAUSTED, so an admitted one waits about this long at most.
     queue_budget_s: float = 2.0
+    # Images always admitted whatever the estimate: enough to keep the Tritons busy (a batch each).
+    min_in_flight: int = 4
     # Images of at least this many pixels go to the big lane: a few at a time, and behind small ones.
     big_image_pixels: int = 8_000_000
     big_in_flight: int = 1
@@ -65,7 +67,14 @@ class GatewayConfig:
     def __post_init__(self) -> None:
         if not self.tritons:
             raise ConfigError("give at least one Triton gRPC endpoint, e.g. --triton 127.0.0.1:8001")
-        for name in ("max_message_bytes", "max_pixels", "max_in_flight", "stream_window", "big_image_pixels"):
+        for name in (
+            "max_message_bytes",
+            "max_pixels",
+            "max_in_flight",
+            "stream_window",
+            "big_image_pixels",
+            "min_in_flight",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.triton_timeout_s <= 0 or self.health_interval_s <= 0 or self.grace_s < 0:
@@ -101,6 +110,7 @@ class GatewayConfig:
             f"--max-in-flight={self.max_in_flight}",
             f"--stream-window={self.stream_window}",
             f"--queue-budget={self.queue_budget_s}",
+            f"--min-in-flight={self.min_in_flight}",
             f"--big-image-pixels={self.big_image_pixels}",
             f"--big-in-flight={self.big_in_flight}",
             f"--backend-wait={self.backend_wait_s}",

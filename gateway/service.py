@@ -75,7 +75,10 @@ class BackgroundRemovalService(pb_grpc.BackgroundRemovalServicer):
         self.metrics = metrics
         self.keys = keys
         self.admission = Admission(
-            AdmissionSettings(cfg.queue_budget_s, cfg.big_image_pixels, cfg.big_in_flight, cfg.max_in_flight), metrics
+            AdmissionSettings(
+                cfg.queue_budget_s, cfg.big_image_pixels, cfg.big_in_flight, cfg.max_in_flight, cfg.min_in_flight
+            ),
+            metrics,
         )
 
     @property
@@ -156,7 +159,7 @@ class BackgroundRemovalService(pb_grpc.BackgroundRemovalServicer):
             with open_image(request.image, self.cfg.limits) as header:
                 pixels = header.width * header.height
             self.metrics.input_megapixels.observe(pixels / 1e6)
-            ticket = self.admission.admit(pixels, deadline)  # or RESOURCE_EXHAUSTED at once
+            ticket = self.admission.admit(pixels, deadline, self.pool.any_ready)  # or RESOURCE_EXHAUSTED at once
             self.metrics.in_flight.inc()
             result = await self.pool.infer(
                 request.image, options.to_json(), request.options.model or None, deadline, rid, ticket.priority

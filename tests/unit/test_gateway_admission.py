@@ -25,7 +25,13 @@ def clock() -> Clock:
 
 
 def admission(clock: Clock, **settings: object) -> Admission:
-    values = {"queue_budget_s": 2.0, "big_image_pixels": 8_000_000, "big_in_flight": 1, "max_in_flight": 64}
+    values = {
+        "queue_budget_s": 2.0,
+        "big_image_pixels": 8_000_000,
+        "big_in_flight": 1,
+        "max_in_flight": 64,
+        "min_in_flight": 1,
+    }
     a = Admission(AdmissionSettings(**(values | settings)), GatewayMetrics())  # type: ignore[arg-type]
     a._now = clock  # type: ignore[method-assign]
     return a
@@ -97,6 +103,22 @@ def test_big_images_have_their_own_lane_with_its_own_slots_and_a_lower_priority(
         a.admit(BIG, clock.now + 60)
     small = a.admit(SMALL, clock.now + 60)  # a big image in flight does not hold small ones back
     assert (small.lane, small.priority) == (Lane.SMALL, 1)
+
+
+def test_a_few_requests_are_always_taken_so_a_slow_start_cannot_shut_the_gateway(clock: Clock) -> None:
+    a = admission(clock, min_in_flight=4, queue_budget_s=0.1)
+    teach_rate(a, clock, per_second=0.5)  # a cold start: the first requests were slow
+    assert [a.admit(SMALL, clock.now + 0.5).ahead for _ in range(4)] == [0, 1, 2, 3]
+    with pytest.raises(Overloaded):
+        a.admit(SMALL, clock.now + 60)
+
+
+def test_while_no_backend_is_ready_requests_are_taken_to_wait_up_to_the_hard_cap(clock: Clock) -> None:
+    a = admission(clock, max_in_flight=6, queue_budget_s=1.0)
+    teach_rate(a, clock, per_second=1.0)
+    assert len([a.admit(SMALL, clock.now + 60, backends_ready=False) for _ in range(6)]) == 6
+    with pytest.raises(Overloaded, match="limit of 6"):
+        a.admit(SMALL, clock.now + 60, backends_ready=False)
 
 
 def test_the_hard_in_flight_cap_holds_whatever_the_estimate(clock: Clock) -> None:
