@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from matteserve.build.builder import build
 from matteserve.gateway import GatewayProcess
@@ -135,6 +137,50 @@ async def test_a_stream_of_huge_images_does_not_starve_small_ones(
     assert "OK" in bigs.codes
     assert not beside.errors
     assert beside.latency.p50_ms < 3 * alone.latency.p50_ms
+
+
+def test_a_full_triton_queue_is_resource_exhausted_and_leaves_the_endpoint_in_rotation(
+    cache_root: Path, tmp_path: Path, make_photo: Callable[..., bytes]
+) -> None:
+    # One slot per Triton queue, and a gateway that admits everything: Triton's own queue overflows.
+    repo = build(get_spec("u2netp"), cache_root / "repo-cpu-queue1", max_batch_size=1, max_queue_size=1)
+    server = start_triton(repo, tmp_path)
+    gw = start_gateway([server.cfg.grpc_url], tmp_path, min_in_flight=64)
+    try:
+        photo = make_photo(256, 256)
+
+        async def burst() -> list[str]:
+            target = GatewayTarget(gw.target, OutputFormat.MASK, timeout=120.0)
+            try:
+                return list(await asyncio.gather(*(target.send(photo) for _ in range(12))))
+            finally:
+                await target.close()
+
+        codes = asyncio.run(burst())
+        up = sample_metric(gw, "matteserve_gateway_triton_endpoint_up", endpoint=server.cfg.grpc_url)
+        retries = sample_metric(gw, "matteserve_gateway_retries_total")
+        with open(gw.log_path or "", encoding="utf-8") as log:
+            flaps = log.read().count("NOT ready")
+    finally:
+        gw.stop()
+        server.stop()
+    assert "RESOURCE_EXHAUSTED" in codes
+    assert "OK" in codes
+    assert set(codes) == {"OK", "RESOURCE_EXHAUSTED"}
+    assert up == 1
+    assert retries == 0
+    assert flaps == 0
+
+
+def sample_metric(gw: GatewayProcess, name: str, **labels: str) -> float:
+    with urllib.request.urlopen(gw.cfg.metrics_url, timeout=5) as r:
+        families = text_string_to_metric_families(r.read().decode())
+    return sum(
+        s.value
+        for f in families
+        for s in f.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 class Counting:
