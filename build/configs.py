@@ -46,6 +46,10 @@ class ServingPlan:
     # GPU engine: instances per GPU, so one batch's copies overlap another's compute.
     engine_instances: int = 2
     max_queue_size: int = 64
+    # Triton lets a request's own timeout only shorten its queue's default timeout, never set one
+    # where the default is 0: this default is a ceiling no caller reaches, so the deadlines the
+    # gateway sends always apply.
+    queue_timeout_us: int = 600_000_000
     matting_instances: int = 1
     matting_threads: int = 0  # onnxruntime intra-op threads; 0 = all cores
     preprocess_instances: int = 1
@@ -53,8 +57,9 @@ class ServingPlan:
     limits: ImageLimits = field(default_factory=ImageLimits)
     onnx_filename: str = "model.onnx"
     # Triton queue priorities, 1 = highest; 0 levels = none. With 2, requests without a priority are
-    # interactive (1) and bulk callers send priority 2, so interactive calls overtake queued bulk work.
-    priority_levels: int = 0
+    # interactive (1) and bulk callers send priority 2, so interactive calls overtake queued bulk work
+    # (the gateway sends big images at 2, so they cannot hold small ones up in any queue).
+    priority_levels: int = 2
     # GPU: (compute capability, plan file) for every engine built, rendered as cc_model_filenames.
     engine_files: tuple[tuple[str, str], ...] = ()
     # CPU: serve the folded graph (matteserve.build.gpu.graph.fold_io) that takes uint8 pixels, as
@@ -112,13 +117,14 @@ class ServingPlan:
         """Instance counts derived from the container's CPU budget (:func:`container.cpu_cores`: the
         cgroup quota or ``MATTESERVE_CPUS``, not the host's cores). On CPU one matting instance uses
         every core through onnxruntime's thread pool; pre/post get a core per ~4 (they are ~10% of
-        the work)."""
+        the work), and postprocess at least two instances, so a small image's encode never waits
+        behind a big image's (the gateway lets one big image in at a time)."""
         cores = cores or container.cpu_cores()
         defaults: dict[str, Any] = {
             "target": target,
             "matting_threads": cores,
             "preprocess_instances": max(1, cores // 4),
-            "postprocess_instances": max(1, cores // 4),
+            "postprocess_instances": max(2, cores // 4),
         }
         if target is Target.GPU:
             # The GPU does the model; the CPU cores go to decode and encode (post is the heavier one).
@@ -145,9 +151,16 @@ def _parameters(values: dict[str, str]) -> dict[str, Any]:
 
 
 def _batching(plan: ServingPlan, queue_delay_us: int | None = None) -> dict[str, Any]:
+    """Every queue honours the per-request ``timeout`` the gateway sends (the caller's remaining
+    deadline): a request still queued when it expires is rejected there, before any compute."""
     batching: dict[str, Any] = {
         "max_queue_delay_microseconds": plan.queue_delay_us if queue_delay_us is None else queue_delay_us,
-        "default_queue_policy": {"max_queue_size": plan.max_queue_size},
+        "default_queue_policy": {
+            "max_queue_size": plan.max_queue_size,
+            "timeout_action": "REJECT",
+            "default_timeout_microseconds": plan.queue_timeout_us,
+            "allow_timeout_override": True,
+        },
     }
     if plan.priority_levels:
         batching |= {"priority_levels": plan.priority_levels, "default_priority_level": 1}

@@ -49,6 +49,21 @@ def main(
     max_in_flight: Annotated[int, typer.Option(help="Images worked on at once; more get RESOURCE_EXHAUSTED.")] = (
         c.GatewayConfig.max_in_flight
     ),
+    queue_budget: Annotated[
+        float, typer.Option(help="Seconds an image may be expected to wait for Triton; beyond, RESOURCE_EXHAUSTED.")
+    ] = c.GatewayConfig.queue_budget_s,
+    min_in_flight: Annotated[
+        int, typer.Option(help="Images always admitted, whatever the estimate (keeps the Tritons busy).")
+    ] = c.GatewayConfig.min_in_flight,
+    big_image_pixels: Annotated[
+        int, typer.Option(help="Images of this many pixels or more go to the big lane (lower priority).")
+    ] = c.GatewayConfig.big_image_pixels,
+    big_in_flight: Annotated[int, typer.Option(help="Big-lane images worked on at once.")] = (
+        c.GatewayConfig.big_in_flight
+    ),
+    backend_wait: Annotated[
+        float, typer.Option(help="Seconds a call waits (within its deadline) for a Triton endpoint to be ready.")
+    ] = c.GatewayConfig.backend_wait_s,
     stream_window: Annotated[int, typer.Option(help="Images of one RemoveStream worked on at once.")] = (
         c.GatewayConfig.stream_window
     ),
@@ -87,6 +102,11 @@ def main(
             max_message_bytes=max_message_bytes,
             max_pixels=max_pixels,
             max_in_flight=max_in_flight,
+            queue_budget_s=queue_budget,
+            min_in_flight=min_in_flight,
+            big_image_pixels=big_image_pixels,
+            big_in_flight=big_in_flight,
+            backend_wait_s=backend_wait,
             stream_window=stream_window,
             triton_timeout_s=triton_timeout,
             health_interval_s=health_interval,

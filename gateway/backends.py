@@ -2,12 +2,16 @@
 
 A request goes to the ready endpoint with the fewest requests in flight (ties rotate). If that
 endpoint is UNAVAILABLE the request goes to another ready endpoint within the caller's deadline, and
-the endpoint is probed at once; nothing is dropped without an error going back to the caller.
+the endpoint is probed at once; nothing is dropped without an error going back to the caller. While
+no endpoint is ready (a Triton restart), a request waits for one to come back, within its deadline
+and ``backend_wait_s``. Triton gets the caller's remaining time as the request's queue timeout, so a
+request that can no longer be answered in time is dropped from Triton's queues before any compute.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import logging
@@ -17,7 +21,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import tritonclient.grpc.aio as tritongrpc
 from tritonclient.utils import InferenceServerException
 
@@ -30,6 +33,10 @@ logger = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 2.0
 DEADLINE_MARGIN_S = 0.05
+BACKEND_WAIT_MARGIN_S = 0.2
+# Times one request goes back to the endpoints after waiting for one to be ready: an endpoint that
+# probes ready but fails every call must not be called in a loop until the deadline.
+MAX_ROUNDS = 3
 # gRPC's default reconnect backoff grows to 120 s: a restarted Triton would sit unused for minutes.
 CHANNEL_ARGS: list[tuple[str, Any]] = [
     ("grpc.max_send_message_length", 2**31 - 1),
@@ -75,6 +82,7 @@ class TritonResult:
     endpoint: str
     model: str
     seconds: float
+    waited: bool = False  # it found no endpoint ready and waited for one
 
 
 @dataclass
@@ -82,11 +90,13 @@ class TritonPool:
     urls: tuple[str, ...]
     metrics: GatewayMetrics
     health_interval_s: float = 1.0
+    backend_wait_s: float = 15.0
     on_readiness: Callable[[bool], None] = lambda ready: None
     endpoints: list[Endpoint] = field(init=False)
     _turn: itertools.count[int] = field(init=False, default_factory=itertools.count)
     _tasks: set[asyncio.Task[None]] = field(init=False, default_factory=set)
     _any_ready: bool | None = field(init=False, default=None)
+    _readiness_changed: asyncio.Event = field(init=False, default_factory=asyncio.Event)
 
     resolve: Callable[[str, int], Awaitable[list[str]]] = field(default=lambda host, port: resolve_ips(host, port))
     _retired: list[Endpoint] = field(init=False, default_factory=list)
@@ -143,21 +153,34 @@ class TritonPool:
         await asyncio.gather(*(ep.client.close() for ep in endpoints), return_exceptions=True)
 
     @property
+    def any_ready(self) -> bool:
+        return any(ep.ready for ep in self.endpoints)
+
+    @property
     def models(self) -> set[str]:
         return {ep.model for ep in self.endpoints if ep.model is not None}
 
     async def infer(
-        self, image: bytes, options: bytes, model: str | None, deadline: float, request_id: str
+        self, image: bytes, options: bytes, model: str | None, deadline: float, request_id: str, priority: int = 0
     ) -> TritonResult:
-        """Run the ensemble on the best ready endpoint; on UNAVAILABLE try the others before ``deadline``."""
+        """Run the ensemble on the best ready endpoint; on UNAVAILABLE try the others, and while none
+        is ready wait for one, all before ``deadline``."""
         tried: list[Endpoint] = []
         failure: BackendUnavailable | None = None
+        failed: Endpoint | None = None
+        # Waiting ends a little before the caller's deadline, so the caller hears UNAVAILABLE, not a timeout.
+        wait_until = min(deadline - BACKEND_WAIT_MARGIN_S, time.monotonic() + self.backend_wait_s)
+        rounds = 0
         while True:
             ep = self._pick(model, tried)
+            if ep is None and rounds < MAX_ROUNDS and await self._wait_for_ready(model, wait_until, request_id):
+                rounds += 1
+                tried.clear()  # an endpoint came back: a restarted one is worth another try
+                ep = self._pick(model, tried)
             if ep is None:
                 raise failure or self._nothing_ready(model)
-            if failure is not None:
-                self.metrics.retries.labels(tried[-1].url).inc()
+            if failed is not None:
+                self.metrics.retries.labels(failed.url).inc()
             tried.append(ep)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -165,11 +188,32 @@ class TritonPool:
             # Triton's deadline falls a little before the caller's, so the caller hears why.
             timeout = remaining - min(DEADLINE_MARGIN_S, remaining / 10)
             try:
-                return await self._call(ep, image, options, timeout, request_id)
+                result = await self._call(ep, image, options, timeout, request_id, priority)
+                return dataclasses.replace(result, waited=True) if rounds else result
             except BackendUnavailable as e:
                 logger.warning("%s; trying another endpoint", e, extra={"request_id": request_id})
-                failure = e
+                failure, failed = e, ep
                 self._suspect(ep)
+
+    async def _wait_for_ready(self, model: str | None, until: float, request_id: str) -> bool:
+        """Wait until an endpoint that could serve ``model`` turns ready; False if none did by ``until``
+        or none ever could (an unknown model is not worth waiting for)."""
+        if isinstance(self._nothing_ready(model), InvalidOptions):
+            return False
+        counted = False
+        while (left := until - time.monotonic()) > 0:
+            if any(ep.ready and (model is None or ep.model == model) for ep in self.endpoints):
+                return True
+            if not counted:
+                self.metrics.backend_waits.inc()
+                logger.debug("no Triton endpoint ready; waiting up to %.1f s", left, extra={"request_id": request_id})
+                counted = True
+            self._readiness_changed.clear()
+            try:
+                await asyncio.wait_for(self._readiness_changed.wait(), left)
+            except TimeoutError:
+                break
+        return False
 
     def _pick(self, model: str | None, tried: list[Endpoint]) -> Endpoint | None:
         candidates = [
@@ -189,16 +233,21 @@ class TritonPool:
         which = f" for model {model!r}" if model else ""
         return BackendUnavailable(f"no Triton endpoint{which} is ready ({len(self.endpoints)} configured)")
 
-    async def _call(self, ep: Endpoint, image: bytes, options: bytes, timeout: float, request_id: str) -> TritonResult:
-        inputs = []
-        for name, value in ((contract.IMAGE, image), (contract.OPTIONS, options)):
-            tensor = tritongrpc.InferInput(name, [1, 1], "BYTES")
-            tensor.set_data_from_numpy(np.array([[value]], dtype=np.object_))
-            inputs.append(tensor)
+    async def _call(
+        self, ep: Endpoint, image: bytes, options: bytes, timeout: float, request_id: str, priority: int
+    ) -> TritonResult:
+        inputs = contract.ensemble_inputs(image, options)
         ep.in_flight += 1
         start = time.perf_counter()
         try:
-            result = await ep.client.infer(contract.ENSEMBLE, inputs, request_id=request_id, client_timeout=timeout)
+            result = await ep.client.infer(
+                contract.ENSEMBLE,
+                inputs,
+                request_id=request_id,
+                priority=priority,
+                timeout=int(timeout * 1e6),  # Triton's queue timeout, in microseconds
+                client_timeout=timeout,
+            )
         except InferenceServerException as e:
             error = from_triton(e, ep.url)
             self.metrics.triton_errors.labels(ep.url, code_of(error).name).inc()
@@ -243,6 +292,8 @@ class TritonPool:
         if ep.ready != ready:
             logger.info("Triton %s is %s", ep.url, "ready" if ready else "NOT ready", extra={"endpoint": ep.url})
         ep.ready = ready
+        if ready:
+            self._readiness_changed.set()
         self.metrics.endpoint_up.labels(ep.url).set(1 if ready else 0)
         any_ready = any(e.ready for e in self.endpoints)
         if any_ready != self._any_ready:

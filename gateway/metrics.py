@@ -70,6 +70,23 @@ class GatewayMetrics:
             ["endpoint"],
             registry=r,
         )
+        self.shed = Counter(
+            "matteserve_gateway_shed_total",
+            "Requests refused by admission (RESOURCE_EXHAUSTED) before any work, by size lane.",
+            ["lane"],
+            registry=r,
+        )
+        self.drain_rate = Gauge(
+            "matteserve_gateway_drain_rate",
+            "Requests per second the backends are estimated to finish, by size lane (admission's estimate).",
+            ["lane"],
+            registry=r,
+        )
+        self.backend_waits = Counter(
+            "matteserve_gateway_backend_waits_total",
+            "Requests that found no Triton endpoint ready and waited for one to come back.",
+            registry=r,
+        )
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)

@@ -62,7 +62,9 @@ class Gateway:
         check_exposure(cfg, keys=self.keys)
         self.metrics = GatewayMetrics()
         self.health = health.aio.HealthServicer()
-        self.pool = TritonPool(cfg.tritons, self.metrics, cfg.health_interval_s, on_readiness=self._readiness)
+        self.pool = TritonPool(
+            cfg.tritons, self.metrics, cfg.health_interval_s, cfg.backend_wait_s, on_readiness=self._readiness
+        )
         self.service = BackgroundRemovalService(cfg, self.pool, self.metrics)
         options: list[tuple[str, Any]] = [
             # One value both ways, the clients' default too: a result is refused by the service

@@ -22,7 +22,8 @@ from matteserve import api
 from matteserve.api import FORMAT_FROM_PROTO as FORMATS
 from matteserve.api.v1 import matteserve_pb2 as pb
 from matteserve.api.v1 import matteserve_pb2_grpc as pb_grpc
-from matteserve.errors import InvalidOptions, Overloaded, ResultTooLarge, quote
+from matteserve.errors import InvalidOptions, ResultTooLarge, quote
+from matteserve.gateway.admission import Admission, AdmissionSettings, Ticket
 from matteserve.gateway.backends import TritonPool
 from matteserve.gateway.config import GatewayConfig
 from matteserve.gateway.interceptors import Metadata, request_id_var
@@ -79,8 +80,17 @@ class BackgroundRemovalService(pb_grpc.BackgroundRemovalServicer):
         self.cfg = cfg
         self.pool = pool
         self.metrics = metrics
-        self.in_flight = 0
         self.header_pool = ThreadPoolExecutor(HEADER_THREADS, thread_name_prefix="header")
+        self.admission = Admission(
+            AdmissionSettings(
+                cfg.queue_budget_s, cfg.big_image_pixels, cfg.big_in_flight, cfg.max_in_flight, cfg.min_in_flight
+            ),
+            metrics,
+        )
+
+    @property
+    def in_flight(self) -> int:
+        return self.admission.in_flight
 
     async def Remove(self, request: pb.RemoveRequest, context: grpc.aio.ServicerContext) -> pb.RemoveResponse:
         limit = response_limit(self.cfg, context.invocation_metadata())
@@ -142,25 +152,25 @@ class BackgroundRemovalService(pb_grpc.BackgroundRemovalServicer):
         start = time.perf_counter()
         fmt = format_label(request.options)
         outcome: BaseException | None = None
-        admitted = False
+        ticket: Ticket | None = None
+        waited = False
         log: dict[str, Any] = {"request_id": rid, "method": method, "format": fmt, "bytes_in": len(request.image)}
         try:
-            if self.in_flight >= self.cfg.max_in_flight:
-                raise Overloaded(f"the gateway is at its limit of {self.cfg.max_in_flight} requests in flight; retry")
-            self.in_flight += 1
-            admitted = True
-            self.metrics.in_flight.inc()
             options = to_options(request.options)
             self.metrics.request_bytes.observe(len(request.image))
             header = await asyncio.get_running_loop().run_in_executor(
                 self.header_pool, check_header, request.image, self.cfg.limits
             )
-            self.metrics.input_megapixels.observe(header.width * header.height / 1e6)
+            pixels = header.width * header.height
+            self.metrics.input_megapixels.observe(pixels / 1e6)
             if options.format is OutputFormat.RAW:  # its size is known before any work
-                check_fits(pb.RemoveResponse(data=bytes(header.width * header.height)), limit)
+                check_fits(pb.RemoveResponse(data=bytes(pixels)), limit)
+            ticket = self.admission.admit(pixels, deadline, self.pool.any_ready)  # or RESOURCE_EXHAUSTED at once
+            self.metrics.in_flight.inc()
             result = await self.pool.infer(
-                request.image, options.to_json(), request.options.model or None, deadline, rid
+                request.image, options.to_json(), request.options.model or None, deadline, rid, ticket.priority
             )
+            waited = result.waited
             log |= {"endpoint": result.endpoint, "model": result.model, "bytes_out": len(result.data)}
             self.metrics.response_bytes.observe(len(result.data))
             meta = result.meta
@@ -185,8 +195,9 @@ class BackgroundRemovalService(pb_grpc.BackgroundRemovalServicer):
             outcome = e
             raise
         finally:
-            if admitted:
-                self.in_flight -= 1
+            if ticket is not None:
+                # Only a call that ran without waiting for a restarted Triton measures the drain rate.
+                self.admission.release(ticket, completed=outcome is None and not waited)
                 self.metrics.in_flight.dec()
             self._record(method, fmt, outcome, time.perf_counter() - start, log)
 
@@ -201,6 +212,10 @@ class BackgroundRemovalService(pb_grpc.BackgroundRemovalServicer):
             log |= {"code": code, "duration_ms": round(seconds * 1000, 2)}
             if outcome is not None and code == "INTERNAL":
                 logger.error("%s %s failed", method, log["request_id"], exc_info=outcome, extra=log)
+            elif code == "RESOURCE_EXHAUSTED":
+                # Under overload refusals come by the hundred per second: counted above, summarised
+                # by gateway/admission.py, never one INFO line each.
+                logger.debug("%s %s %s: %s", method, fmt, code, outcome, extra=log)
             else:
                 detail = "" if outcome is None else f": {described(outcome)}"
                 logger.info("%s %s %s in %.1f ms%s", method, fmt, code, seconds * 1000, detail, extra=log)

@@ -62,6 +62,9 @@ def message_of(exc: BaseException) -> str:
 # Triton prefixes a composing model's error with where it happened, e.g. "in ensemble
 # 'remove_background', Failed to process the request(s) for model 'preprocess_0_0', message: ...".
 _TRITON_PREFIX = re.compile(r"^.*(?:message: |in ensemble '[^']*', )", re.DOTALL)
+# Triton answers both with UNAVAILABLE; only the message tells them from a server that is down.
+QUEUE_FULL = "Exceeds maximum queue size"
+QUEUE_TIMEOUT = "Request timeout expired"
 
 
 def from_triton(exc: InferenceServerException, endpoint: str) -> errors.MatteserveError:
@@ -71,9 +74,12 @@ def from_triton(exc: InferenceServerException, endpoint: str) -> errors.Matteser
     error: errors.MatteserveError
     if status == "INVALID_ARGUMENT":
         error = InvalidRequest(_TRITON_PREFIX.sub("", message))
-    elif status == "DEADLINE_EXCEEDED":
+    elif status == "DEADLINE_EXCEEDED" or QUEUE_TIMEOUT in message:
         error = errors.Timeout("the model did not answer before the deadline")
-    elif status in ("UNAVAILABLE", "CANCELLED", "RESOURCE_EXHAUSTED", "") or "failed to connect" in message:
+    # A full queue is a busy server, not a broken one: it must never take the endpoint out of rotation.
+    elif status == "RESOURCE_EXHAUSTED" or QUEUE_FULL in message:
+        error = errors.Overloaded("the inference backends are at their limit; retry later")
+    elif status in ("UNAVAILABLE", "CANCELLED", "") or "failed to connect" in message:
         error = errors.BackendUnavailable("an inference backend is unavailable; retry")
     else:
         error = TritonRejected(
@@ -86,3 +92,5 @@ def from_triton(exc: InferenceServerException, endpoint: str) -> errors.Matteser
 def described(exc: BaseException) -> str:
     """The message with its notes, for the gateway's own log."""
     return "; ".join([str(exc), *getattr(exc, "__notes__", ())])
+
+

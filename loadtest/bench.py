@@ -381,7 +381,12 @@ def _compare(
     onnx = repository / contract.MATTING / "1" / "model.onnx"
     threads = os.cpu_count() or 1
     cfg = TritonConfig(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
-    gw_cfg = GatewayConfig(tritons=(cfg.grpc_url,), port=free_port(), metrics_port=free_port())
+    # The bench measures throughput at fixed concurrency, so admission must take every sender's
+    # request rather than refuse the ones it estimates would wait (a refused closed-loop sender asks
+    # again at once and only burns CPU).
+    gw_cfg = GatewayConfig(
+        tritons=(cfg.grpc_url,), port=free_port(), metrics_port=free_port(), min_in_flight=max(concurrencies)
+    )
     with contextlib.ExitStack() as running:
         running.enter_context(TritonServer(cfg, log_path=logs / f"bench-triton-{cfg.grpc_port}.log"))
         if gateway:

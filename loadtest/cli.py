@@ -124,7 +124,9 @@ def loadtest(
     rate: Annotated[str, typer.Option(help="Open loop: arrival rates to sweep, requests/s.")] = "2,4,6,8",
     arrival: Annotated[Arrival, typer.Option(help="Open loop: evenly spaced or Poisson arrivals.")] = (Arrival.POISSON),
     duration: Annotated[float, typer.Option(help="Seconds measured per load, after the warm-up.")] = 20.0,
-    max_requests: Annotated[int, typer.Option(help="At most this many measured requests per load.")] = 2000,
+    max_requests: Annotated[
+        int, typer.Option(help="Stop a load after this many measured OK responses (refusals do not count).")
+    ] = 2000,
     warmup: Annotated[float, typer.Option(help="Seconds sent but not counted before each load.")] = 3.0,
     images_dir: Annotated[
         Path | None, typer.Option("--images", help="Send these files (round-robin) instead of generated photos.")

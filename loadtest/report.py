@@ -116,6 +116,11 @@ class LoadTestReport:
                 "throughput_rps": round(s.throughput_rps, 3),
             }
             row |= {f"{k}": round(v, 3) for k, v in dataclasses.asdict(s.latency).items() if k != "count"}
+            row |= {
+                "rejected": s.rejected,
+                "rejected_p50_ms": round(s.rejection_latency.p50_ms, 3),
+                "rejected_p99_ms": round(s.rejection_latency.p99_ms, 3),
+            }
             row |= {"send_lag_mean_ms": round(s.send_lag_mean_ms, 3), "send_lag_max_ms": round(s.send_lag_max_ms, 3)}
             for m in r.triton:
                 row |= {
@@ -204,6 +209,13 @@ class LoadTestReport:
             )
         console.print(table)
         console.print("latencies in ms, OK responses only, from each request's intended send time")
+        for r in self.runs:
+            if (s := r.summary).rejected:
+                rej = s.rejection_latency
+                console.print(
+                    f"{r.label}: {s.rejected} of {s.sent} refused (RESOURCE_EXHAUSTED) in p50 {rej.p50_ms:.1f} ms, "
+                    f"p99 {rej.p99_ms:.1f} ms, max {rej.max_ms:.1f} ms; goodput {s.throughput_rps:.2f} OK/s"
+                )
         if any(r.triton for r in self.runs):
             self._print_triton(console)
         for r in self.runs:

@@ -1,8 +1,10 @@
 """Drive a target in closed loop (fixed concurrency) or open loop (scheduled arrivals).
 
-Every run is bounded twice, by a duration and by a request count, and stops by itself: no request is
-issued after either bound, and the ones in flight finish within the target's own timeout. Requests
-issued during the warm-up are sent and awaited like the others but excluded from the figures.
+Every run is bounded twice, by a duration and by a count of OK responses, and stops by itself: no
+request is issued after either bound, and the ones in flight finish within the target's own timeout.
+The count is of OK responses, not of requests: an overloaded service refuses requests in
+milliseconds, and a cap on requests would be spent on refusals before the run measured anything.
+Requests issued during the warm-up are sent and awaited like the others but excluded from the figures.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class Target(Protocol):
 @dataclass(frozen=True)
 class Bounds:
     duration_s: float
-    max_requests: int
+    max_requests: int  # measured OK responses; refusals and errors do not use it up
     warmup_s: float = 1.0
 
     def __post_init__(self) -> None:
@@ -88,18 +90,15 @@ async def closed_loop(target: Target, inputs: Sequence[bytes], concurrency: int,
     start = time.perf_counter()
     warm_end = start + bounds.warmup_s
     deadline = warm_end + bounds.duration_s
-    measured_issued = 0
+    measured_ok = 0
 
     async def worker() -> None:
-        nonlocal measured_issued
-        while (sent := time.perf_counter()) < deadline:
+        nonlocal measured_ok
+        while (sent := time.perf_counter()) < deadline and measured_ok < bounds.max_requests:
             warmup = sent < warm_end
-            if not warmup:
-                if measured_issued >= bounds.max_requests:
-                    return
-                measured_issued += 1
             code = await target.send(source.next())
             samples.append(Sample(sent, sent, time.perf_counter(), code, warmup))
+            measured_ok += code == "OK" and not warmup
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return RunResult("closed", concurrency, samples, warm_end, _window_end(samples, deadline))
@@ -117,17 +116,20 @@ async def open_loop(
     """Send on an arrival schedule whatever the responses do; each latency runs from the request's
     intended send time, so a stall shows up in every request scheduled behind it."""
     warmup_offsets = arrival_offsets(rate, bounds.warmup_s, 1 << 31, arrival, seed) if bounds.warmup_s else []
-    measured_offsets = arrival_offsets(rate, bounds.duration_s, bounds.max_requests, arrival, seed + 1)
+    measured_offsets = arrival_offsets(rate, bounds.duration_s, 1 << 31, arrival, seed + 1)
     schedule = [(t, True) for t in warmup_offsets] + [(bounds.warmup_s + t, False) for t in measured_offsets]
     source = _Inputs(inputs)
     slots = asyncio.Semaphore(max_in_flight)
     samples: list[Sample] = []
+    measured_ok = 0
 
     async def one(intended: float, image: bytes, warmup: bool) -> None:
+        nonlocal measured_ok
         try:
             sent = time.perf_counter()
             code = await target.send(image)
             samples.append(Sample(intended, sent, time.perf_counter(), code, warmup))
+            measured_ok += code == "OK" and not warmup
         finally:
             slots.release()
 
@@ -138,6 +140,9 @@ async def open_loop(
         if (delay := intended - time.perf_counter()) > 0:
             await asyncio.sleep(delay)
         await slots.acquire()
+        if measured_ok >= bounds.max_requests:
+            slots.release()
+            break
         tasks.append(asyncio.create_task(one(intended, source.next(), warmup)))
     await asyncio.gather(*tasks)
     warm_end = start + bounds.warmup_s

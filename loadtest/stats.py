@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+REJECTED = "RESOURCE_EXHAUSTED"  # what an overloaded service answers at once
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -75,10 +76,16 @@ class RunSummary:
     errors: dict[str, int]  # gRPC status name -> count
     warmup_sent: int
     window_s: float
-    throughput_rps: float  # OK responses per second in the measurement window
+    throughput_rps: float  # OK responses per second in the measurement window (goodput)
     latency: LatencySummary  # OK responses only: fast failures must not flatter the figures
+    # Refusals by an overloaded service (RESOURCE_EXHAUSTED), apart: how many, and how fast they came.
+    rejection_latency: LatencySummary
     send_lag_mean_ms: float  # how late the generator sent against its schedule (open loop)
     send_lag_max_ms: float
+
+    @property
+    def rejected(self) -> int:
+        return self.errors.get(REJECTED, 0)
 
     @classmethod
     def of(
@@ -105,6 +112,7 @@ class RunSummary:
             window_s=window,
             throughput_rps=completed / window,
             latency=LatencySummary.of([s.latency for s in ok]),
+            rejection_latency=LatencySummary.of([s.latency for s in measured if s.code == REJECTED]),
             send_lag_mean_ms=sum(lags) / len(lags) if lags else 0.0,
             send_lag_max_ms=max(lags, default=0.0),
         )

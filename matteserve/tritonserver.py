@@ -7,6 +7,7 @@ stub for the running Python, and this environment's site-packages is made visibl
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -16,6 +17,7 @@ import sys
 import sysconfig
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +32,9 @@ logger = logging.getLogger(__name__)
 # Images cross the python backend's shared memory: 1 MB by default, far too small for photos. Each
 # instance's starting region is sized from /dev/shm and the instance count (container.python_shm_bytes).
 SHM_GROWTH_BYTES = 64 * 1024 * 1024
+SHM_DIR = Path("/dev/shm")
+# Every region of a server this launcher starts is named matteserve_<gRPC port>_...
+SHM_PREFIX = "matteserve_"
 
 
 def _wheel_root() -> Path:
@@ -87,6 +92,39 @@ class TritonConfig:
         return f"http://{self.address}:{self.metrics_port}/metrics"
 
 
+def shm_prefix(cfg: TritonConfig) -> str:
+    """Names of the python backend's shared-memory regions of this server: ours to clean up."""
+    return f"{SHM_PREFIX}{cfg.grpc_port}_"
+
+
+def remove_stale_shm(prefix: str = SHM_PREFIX) -> list[Path]:
+    """Delete the regions named ``prefix*`` that no live process maps: a killed Triton and its stubs
+    leave theirs behind (64 MB each), and nothing else ever removes them."""
+    regions = sorted(SHM_DIR.glob(f"{prefix}*"))
+    if not regions:
+        return []
+    mapped = _mapped_shm()
+    stale = [r for r in regions if str(r) not in mapped]
+    for region in stale:
+        region.unlink(missing_ok=True)
+    if stale:
+        logger.info("removed %d stale shared-memory region(s) %s*", len(stale), SHM_DIR / prefix)
+    return stale
+
+
+def _mapped_shm() -> set[str]:
+    mapped: set[str] = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        try:
+            text = maps.read_text()
+        except OSError:  # the process exited, or is not ours to read
+            continue
+        for line in text.splitlines():
+            if (at := line.find(f"{SHM_DIR}/")) >= 0:
+                mapped.add(line[at:].removesuffix(" (deleted)"))
+    return mapped
+
+
 def command(cfg: TritonConfig) -> list[str]:
     region = container.python_shm_bytes(python_instances(cfg.repository), container.dev_shm_bytes())
     shm = f"shm-default-byte-size={region}"
@@ -97,6 +135,7 @@ def command(cfg: TritonConfig) -> list[str]:
         f"--backend-directory={backend_directory()}",
         f"--backend-config=python,{shm}",
         f"--backend-config=python,{growth}",
+        f"--backend-config=python,shm-region-prefix-name={shm_prefix(cfg)}",
         f"--http-address={cfg.address}",
         f"--http-port={cfg.http_port}",
         f"--grpc-address={cfg.address}",
@@ -130,17 +169,24 @@ def environment() -> dict[str, str]:
     return env
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: ask Linux to SIGTERM tritonserver when the process that started it
-    dies, so a crashed or killed CLI or test run never leaves a server holding its ports."""
+def _die_with_parent() -> Callable[[], None]:
+    """For the child before exec: ask Linux to SIGTERM tritonserver when the thread that started it
+    dies, so a crashed or killed CLI or test run never leaves a server holding its ports. prctl is
+    looked up here, in the parent: between fork and exec another thread may hold the loader's lock
+    (gRPC's threads do), and a dlopen in the child then crashes it."""
     import ctypes
 
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
     pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    return lambda: prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 class TritonServer:
-    """A tritonserver process: start, wait until ready, stop (SIGINT, then SIGKILL)."""
+    """A tritonserver process: start, wait until ready, stop (SIGINT, then SIGKILL).
+
+    Triton runs in its own session, so its python-backend stubs share its process group: stopping
+    kills the whole group, and a Triton that died on its own (kill -9, OOM) takes its stubs with
+    it at the next ``stop()`` instead of leaving them running with their shared memory."""
 
     def __init__(self, cfg: TritonConfig, log_path: Path | None = None) -> None:
         self.cfg = cfg
@@ -149,6 +195,7 @@ class TritonServer:
 
     def start(self, timeout: float = 180.0) -> TritonServer:
         log = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
+        remove_stale_shm(shm_prefix(self.cfg))
         logger.info("starting Triton: %s", " ".join(command(self.cfg)))
         self.process = subprocess.Popen(
             command(self.cfg),
@@ -156,7 +203,7 @@ class TritonServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_die_with_parent(),
         )
         self.wait_ready(timeout)
         return self
@@ -171,9 +218,10 @@ class TritonServer:
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
+            if self.process is not None and (code := self.process.poll()) is not None:
+                self.stop()
                 raise BackendUnavailable(
-                    f"tritonserver exited with code {self.process.returncode} while loading"
+                    f"tritonserver exited with code {code} while loading"
                     + (f"; see {self.log_path}" if self.log_path else "")
                 )
             if self.is_ready():
@@ -184,24 +232,42 @@ class TritonServer:
 
     def stop(self, grace: float = 20.0) -> None:
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(grace)
+        self._kill_group(proc)
 
     def kill(self) -> None:
         """Hard stop, as a crash would look to clients."""
         proc, self.process = self.process, None
-        if proc is not None and proc.poll() is None:
+        if proc is not None:
+            self._kill_group(proc)
+
+    def _kill_group(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL whatever is left of Triton's process group (its stubs outlive a killed Triton),
+        then remove the shared memory they held."""
+        with contextlib.suppress(ProcessLookupError):  # empty: Triton stopped its stubs itself
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        proc.wait()
+        _wait_group_gone(proc.pid)
+        remove_stale_shm(shm_prefix(self.cfg))
 
     def __enter__(self) -> TritonServer:
         return self.start() if self.process is None else self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _wait_group_gone(pgid: int, timeout: float = 5.0) -> None:
+    """Killed stubs were re-parented to init, which reaps them; their maps go with them."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from matteserve import contract
 from matteserve.build.builder import build
 from matteserve.tritonserver import TritonConfig, TritonServer
 from matteserve.zoo import get_spec

@@ -110,3 +110,16 @@ def test_written_repository_has_every_model_and_its_files(plan: ServingPlan, tmp
     assert (out / contract.MATTING / "1" / "model.onnx").read_bytes() == b"onnx"
     assert repository.read_manifest(out)["model"] == "u2netp"  # type: ignore[index]
     assert not list(tmp_path.glob(".repo.*")), "the staging folder must be gone"
+
+
+def test_every_queue_drops_a_request_whose_own_timeout_expired_and_small_images_go_first() -> None:
+    # Triton applies a request's timeout only where it shortens a non-zero default: a default of 0
+    # would let every deadline the gateway sends be ignored.
+    plan = ServingPlan.for_host(ZOO["u2netp"], Target.CPU, cores=2, max_batch_size=4)
+    for render in (configs.preprocess_config, configs.matting_config, configs.postprocess_config):
+        batching = render(plan).dynamic_batching
+        policy = batching.default_queue_policy
+        assert policy.allow_timeout_override
+        assert policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT
+        assert policy.default_timeout_microseconds >= 300_000_000
+        assert (batching.priority_levels, batching.default_priority_level) == (2, 1)

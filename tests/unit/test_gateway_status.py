@@ -46,7 +46,7 @@ def test_our_messages_reach_the_caller_but_a_bug_does_not_leak_internals() -> No
         ("StatusCode.INVALID_ARGUMENT", InvalidRequest),
         ("StatusCode.DEADLINE_EXCEEDED", errors.Timeout),
         ("StatusCode.UNAVAILABLE", errors.BackendUnavailable),
-        ("StatusCode.RESOURCE_EXHAUSTED", errors.BackendUnavailable),  # Triton's queue is full: try another
+        ("StatusCode.RESOURCE_EXHAUSTED", errors.Overloaded),
         ("StatusCode.INTERNAL", TritonRejected),
     ],
 )
@@ -76,3 +76,17 @@ def test_no_triton_failure_names_its_endpoint_to_the_caller(status: str) -> None
 
 def test_a_result_too_large_is_out_of_range_not_the_retryable_resource_exhausted() -> None:
     assert code_of(errors.ResultTooLarge("108 MiB")) is grpc.StatusCode.OUT_OF_RANGE
+
+
+@pytest.mark.parametrize(
+    ("message", "kind"),
+    [
+        ("[request id: <id_unknown>] Exceeds maximum queue size", errors.Overloaded),
+        ("in ensemble 'remove_background', Request timeout expired", errors.Timeout),
+        ("failed to connect to all addresses", errors.BackendUnavailable),
+    ],
+)
+def test_a_full_or_expired_triton_queue_is_not_an_endpoint_that_is_down(message: str, kind: type[Exception]) -> None:
+    # Triton answers all three with UNAVAILABLE; only the first and second leave the endpoint in rotation.
+    error = from_triton(InferenceServerException(message, status="StatusCode.UNAVAILABLE"), "t:8001")
+    assert type(error) is kind

@@ -125,7 +125,6 @@ def test_the_cpu_target_is_unchanged_by_the_gpu_options() -> None:
     assert cfgs[contract.PREPROCESS].output[0].data_type == model_config_pb2.TYPE_FP32
     assert list(cfgs[contract.PREPROCESS].output[0].dims) == [3, 320, 320]
     assert cfgs[contract.MATTING].backend == "python"
-    assert not cfgs[contract.MATTING].dynamic_batching.priority_levels
 
 
 def test_a_gpu_plan_without_engines_is_refused() -> None:
