@@ -74,6 +74,14 @@ def test_killing_one_triton_mid_batch_loses_no_image(
     async def batch() -> dict[str, bytes]:
         results: dict[str, bytes] = {}
         queue = list(photos)
+        killed: list[asyncio.Task[None]] = []
+
+        async def kill_soon() -> None:
+            # Batched requests finish together: wait until the workers have sent their next ones,
+            # so the SIGKILL lands with requests in flight on the victim (least-loaded sends it half).
+            await asyncio.sleep(0.05)
+            await asyncio.to_thread(victim.kill)
+
         async with AsyncClient(gw.target, retry=NO_RETRY, timeout=120) as client:
 
             async def worker() -> None:
@@ -81,9 +89,10 @@ def test_killing_one_triton_mid_batch_loses_no_image(
                     name = queue.pop()
                     results[name] = (await client.remove(photos[name], format="mask")).data
                     if len(results) == 3:
-                        victim.kill()  # SIGKILL while the other workers' requests are in flight
+                        killed.append(asyncio.create_task(kill_soon()))
 
             await asyncio.gather(*(worker() for _ in range(4)))
+            await asyncio.gather(*killed)
         return results
 
     results = asyncio.run(batch())
