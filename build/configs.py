@@ -18,6 +18,7 @@ from tritonclient.grpc import model_config_pb2
 from matteserve import contract
 from matteserve.errors import ModelError
 from matteserve.pipeline.decode import ImageLimits
+from matteserve.runtimes import Precision, Runtime
 from matteserve.zoo import ModelSpec
 
 
@@ -37,7 +38,10 @@ class ServingPlan:
     queue_delay_us: int = 0
     max_queue_size: int = 64
     matting_instances: int = 1
-    matting_threads: int = 0  # onnxruntime intra-op threads; 0 = all cores
+    matting_threads: int = 0  # the runtime's threads per instance; 0 = all cores
+    # CPU: the engine the matting model runs in, as the build chose it (matteserve.build.runtime_choice).
+    runtime: Runtime = Runtime.ONNXRUNTIME
+    precision: Precision = Precision.FP32
     preprocess_instances: int = 1
     postprocess_instances: int = 1
     limits: ImageLimits = field(default_factory=ImageLimits)
@@ -198,7 +202,12 @@ def matting_config(plan: ServingPlan) -> model_config_pb2.ModelConfig:
         contract.MATTING,
         plan,
         plan.matting_instances,
-        {"onnx": plan.onnx_filename, "threads": str(plan.matting_threads)},
+        {
+            "onnx": plan.onnx_filename,
+            "threads": str(plan.matting_threads),
+            "runtime": plan.runtime.value,
+            "precision": plan.precision.value,
+        },
     )
     cfg["input"] = [_tensor(contract.PIXELS, "TYPE_UINT8" if plan.uint8_pixels else "TYPE_FP32", plan.pixel_dims)]
     cfg["output"] = [_tensor(contract.ALPHA, "TYPE_UINT8", plan.alpha_dims)]

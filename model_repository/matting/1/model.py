@@ -1,10 +1,12 @@
-"""Triton adapter for the CPU target: the matting ONNX in onnxruntime, on the whole batch at once."""
+"""Triton adapter for the CPU target: the matting ONNX in the runtime the build chose, on the whole
+batch at once."""
 
 import json
 from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
+from matteserve.runtimes import Precision, Runtime, RuntimeSettings
 from matteserve.stages import MattingRunner
 from matteserve.triton_adapter import error_response, parameters, spec_and_limits
 
@@ -15,7 +17,14 @@ class TritonPythonModel:
         params = parameters(config)
         self.spec, _ = spec_and_limits(config)
         onnx_path = Path(args["model_repository"]) / args["model_version"] / params["onnx"]
-        self.runner = MattingRunner(onnx_path, self.spec, threads=int(params["threads"]))
+        # Pre/post processes share these cores: the runtime's threads must not busy-wait.
+        settings = RuntimeSettings(
+            runtime=Runtime(params["runtime"]),
+            precision=Precision(params["precision"]),
+            threads=int(params["threads"]),
+            spin=False,
+        )
+        self.runner = MattingRunner(onnx_path, self.spec, settings=settings)
 
     def execute(self, requests):
         inputs = [pb_utils.get_input_tensor_by_name(r, "PIXELS").as_numpy()[0] for r in requests]
