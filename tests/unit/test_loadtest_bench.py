@@ -35,10 +35,12 @@ def test_ratios_are_taken_within_one_size() -> None:
 
 
 def test_aims_are_judged_on_the_gateway_when_it_was_measured() -> None:
-    assert result(1024, 8.0, 3.5, 7.2, 6.8).aims() == {">= 80% of ceiling": True, ">= 2x rembg": False}
-    assert result(2048, 8.0, 1.6, 6.0, 5.9).aims() == {">= 80% of ceiling": False, ">= 3.5x rembg": True}
-    assert result(1024, 8.0, 3.5, 7.2, None).aims() == {">= 80% of ceiling": True, ">= 2x rembg": True}
-    assert result(512, 8.0, 5.0, 7.0, None).aims() == {">= 80% of ceiling": True}
+    model = ">= 1.2x ORT FP32 model only"
+    assert result(1024, 8.0, 3.0, 10.0, 9.6).aims() == {model: True, ">= 3x rembg": True}
+    assert result(1024, 8.0, 3.0, 10.0, 8.9).aims() == {model: False, ">= 3x rembg": False}
+    assert result(2048, 8.0, 1.6, 7.0, 7.3).aims() == {model: False, ">= 4.5x rembg": True}
+    assert result(1024, 8.0, 3.5, 10.0, None).aims() == {model: True, ">= 3x rembg": False}
+    assert result(512, 8.0, 5.0, 9.7, None).aims() == {model: True}
 
 
 def report() -> BenchReport:
@@ -55,7 +57,7 @@ def test_json_has_every_measurement_with_its_ratios_and_verdicts(tmp_path: Path)
     assert first["ratios"]["triton_vs_rembg"] == pytest.approx(2.0)
     assert second["gateway"] is None
     assert "gateway_vs_rembg" not in second["ratios"]
-    assert second["aims_met"] == {">= 80% of ceiling": False, ">= 3.5x rembg": True}
+    assert second["aims_met"] == {">= 1.2x ORT FP32 model only": False, ">= 4.5x rembg": False}
 
 
 def test_bar_chart_is_a_valid_png(tmp_path: Path) -> None:
