@@ -57,6 +57,7 @@ def build(
         chosen: dict[str, Any] = {
             "runtime": choice.chosen.runtime,
             "precision": choice.chosen.precision,
+            "fp32_nodes": choice.chosen.fp32_nodes,
             "matting_threads": choice.chosen.threads,
             "matting_instances": choice.chosen.instances,
         }

@@ -19,6 +19,7 @@ from matteserve import contract
 from matteserve.errors import ModelError
 from matteserve.pipeline.decode import ImageLimits
 from matteserve.runtimes import Precision, Runtime
+from matteserve.segments import format_ranges
 from matteserve.zoo import ModelSpec
 
 
@@ -42,6 +43,7 @@ class ServingPlan:
     # CPU: the engine the matting model runs in, as the build chose it (matteserve.build.runtime_choice).
     runtime: Runtime = Runtime.ONNXRUNTIME
     precision: Precision = Precision.FP32
+    fp32_nodes: tuple[tuple[int, int], ...] = ()  # BF16: graph node ranges kept in FP32
     preprocess_instances: int = 1
     postprocess_instances: int = 1
     limits: ImageLimits = field(default_factory=ImageLimits)
@@ -207,6 +209,7 @@ def matting_config(plan: ServingPlan) -> model_config_pb2.ModelConfig:
             "threads": str(plan.matting_threads),
             "runtime": plan.runtime.value,
             "precision": plan.precision.value,
+            "fp32_nodes": format_ranges(plan.fp32_nodes),
         },
     )
     cfg["input"] = [_tensor(contract.PIXELS, "TYPE_UINT8" if plan.uint8_pixels else "TYPE_FP32", plan.pixel_dims)]

@@ -11,12 +11,13 @@ measurements, so it is tested without timing anything.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import logging
 import queue
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from matteserve.errors import ModelError
 from matteserve.pipeline import tensor
 from matteserve.pipeline.decode import ImageLimits
 from matteserve.runtimes import Precision, Runtime, RuntimeSettings
+from matteserve.segments import NodeRange, format_ranges
 from matteserve.zoo import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -40,6 +42,10 @@ REFERENCE = (Runtime.ONNXRUNTIME, Precision.FP32)
 MEASURE_SECONDS = 1.5  # end to end, per candidate
 E2E_SIZE = 1024  # px, the JPEGs the end-to-end measurement sends
 E2E_MIN_IMAGES = 4  # per candidate, however slow the model: fewer is noise
+# Where BF16 everywhere fails the gate, the graph is cut into this many runs of nodes; each run's own
+# BF16 damage is measured, and the worst are kept in FP32 one by one until the gate passes.
+SENSITIVITY_CHUNKS = 8
+PROBE_PHOTOS = 3
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,7 @@ class Candidate:
     precision: Precision
     threads: int  # per matting instance
     instances: int
+    fp32_nodes: tuple[NodeRange, ...] = ()  # BF16: node ranges kept in FP32
 
     @property
     def engine(self) -> tuple[Runtime, Precision]:
@@ -78,12 +85,13 @@ class Candidate:
 
     def settings(self) -> RuntimeSettings:
         # Served beside pre/post on the same cores: no busy-waiting threads.
-        return RuntimeSettings(self.runtime, self.precision, self.threads, spin=False)
+        return RuntimeSettings(self.runtime, self.precision, self.threads, spin=False, fp32_nodes=self.fp32_nodes)
 
     def label(self) -> str:
         instances = f"{self.instances} instance{'s' if self.instances > 1 else ''}"
         threads = f"{self.threads} thread{'s' if self.threads > 1 else ''}"
-        return f"{self.runtime.value} {self.precision.value}, {instances} x {threads}"
+        islands = f" (nodes {format_ranges(self.fp32_nodes)} in fp32)" if self.fp32_nodes else ""
+        return f"{self.runtime.value} {self.precision.value}{islands}, {instances} x {threads}"
 
 
 def engines(caps: Capabilities) -> list[tuple[Runtime, Precision]]:
@@ -138,6 +146,11 @@ class GateReport:
     precision: Precision
     photos: tuple[PhotoGate, ...]
     model_images_per_s: float = 0.0  # model only, while the gate ran (batch 1, every core)
+    fp32_nodes: tuple[NodeRange, ...] = ()
+
+    @property
+    def engine(self) -> tuple[Runtime, Precision]:
+        return self.runtime, self.precision
 
     @property
     def iou_mean(self) -> float:
@@ -159,6 +172,7 @@ class GateReport:
         return {
             "runtime": self.runtime.value,
             "precision": self.precision.value,
+            "fp32_nodes": format_ranges(self.fp32_nodes),
             "iou_mean": self.iou_mean,
             "iou_min": self.iou_min,
             "mean_abs_255": self.mean_abs,
@@ -168,8 +182,10 @@ class GateReport:
         }
 
     def line(self) -> str:
+        islands = f" (nodes {format_ranges(self.fp32_nodes)} in fp32)" if self.fp32_nodes else ""
         return (
-            f"gate {self.runtime.value} {self.precision.value}: IoU mean {self.iou_mean:.4f} (>= {IOU_MEAN_LIMIT}), "
+            f"gate {self.runtime.value} {self.precision.value}{islands}: "
+            f"IoU mean {self.iou_mean:.4f} (>= {IOU_MEAN_LIMIT}), "
             f"min {self.iou_min:.4f} (>= {IOU_MIN_LIMIT}), mean abs {self.mean_abs:.2f}/255 (<= {MEAN_ABS_LIMIT:g}) "
             f"-> {'passed' if self.passed else 'FAILED'}; model only {self.model_images_per_s:.2f} images/s"
         )
@@ -188,13 +204,57 @@ def gate(
     expected: Mapping[str, np.ndarray],
     actual: Mapping[str, np.ndarray],
     model_images_per_s: float = 0.0,
+    fp32_nodes: tuple[NodeRange, ...] = (),
 ) -> GateReport:
     """Compare uint8 mattes photo by photo (the same names in both)."""
     photos = tuple(
         PhotoGate(name, iou(e, actual[name]), float(np.abs(e.astype(int) - actual[name]).mean()))
         for name, e in expected.items()
     )
-    return GateReport(runtime, precision, photos, model_images_per_s)
+    return GateReport(runtime, precision, photos, model_images_per_s, fp32_nodes)
+
+
+def merge(ranges: Sequence[NodeRange]) -> tuple[NodeRange, ...]:
+    """Sorted ranges with touching ones joined: fewer pieces, fewer copies between them."""
+    out: list[NodeRange] = []
+    for start, end in sorted(ranges):
+        if out and out[-1][1] == start:
+            out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return tuple(out)
+
+
+def fp32_islands(
+    node_count: int,
+    trial: Callable[[tuple[NodeRange, ...]], GateReport],
+    probe: Callable[[tuple[NodeRange, ...]], GateReport] | None = None,
+    chunks: int = SENSITIVITY_CHUNKS,
+) -> GateReport | None:
+    """The gate report of the smallest set of FP32 node ranges this search finds that lets a BF16
+    model pass, or None. ``trial(fp32_ranges)`` gates the model with those ranges in FP32; ``probe``
+    (default: ``trial``) does the same more cheaply, to rank the chunks.
+
+    Each chunk's damage is probed with only that chunk in BF16; then the most damaging chunks go to
+    FP32 one at a time until the gate passes (at most ``chunks`` probes and ``chunks`` trials)."""
+    probe = probe or trial
+    bounds = [round(i * node_count / chunks) for i in range(chunks + 1)]
+    pieces = [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
+
+    def damage(report: GateReport) -> float:
+        return (1 - report.iou_mean) + (1 - report.iou_min) + report.mean_abs / 255
+
+    alone = {p: damage(probe(merge([q for q in pieces if q != p]))) for p in pieces}
+    kept: list[NodeRange] = []
+    for piece in sorted(pieces, key=lambda p: -alone[p]):
+        kept.append(piece)
+        if len(kept) == len(pieces):
+            return None  # all FP32 is not BF16 any more
+        report = trial(merge(kept))
+        logger.info("%s", report.line())
+        if report.passed:
+            return report
+    return None
 
 
 @dataclass(frozen=True)
@@ -219,6 +279,7 @@ class Choice:
             "precision": self.chosen.precision.value,
             "threads": self.chosen.threads,
             "instances": self.chosen.instances,
+            "fp32_nodes": format_ranges(self.chosen.fp32_nodes),
             "measured": self.measured,
             "capabilities": asdict(self.capabilities),
             "gate_limits": {"iou_mean": IOU_MEAN_LIMIT, "iou_min": IOU_MIN_LIMIT, "mean_abs_255": MEAN_ABS_LIMIT},
@@ -235,7 +296,7 @@ class Choice:
         best = max((m.images_per_s for m in self.measurements), default=0.0)
         for m in sorted(self.measurements, key=lambda m: -m.images_per_s):
             mark = "<- chosen" if m.candidate == self.chosen else ""
-            rows.append(f"  {m.candidate.label():40} {m.images_per_s:6.2f} images/s end to end {mark}")
+            rows.append(f"  {m.candidate.label():64} {m.images_per_s:6.2f} images/s end to end {mark}")
         if not self.measured:
             rows.append(f"  not measured: {self.chosen.label()}")
         elif best:
@@ -245,11 +306,17 @@ class Choice:
 
 def choose(measurements: Sequence[Measurement], gates: Sequence[GateReport]) -> Candidate:
     """The fastest end-to-end candidate whose engine is the reference or passed its gate."""
-    passed = {REFERENCE} | {(g.runtime, g.precision) for g in gates if g.passed}
+    passed = {REFERENCE} | {g.engine for g in gates if g.passed}
     eligible = [m for m in measurements if m.candidate.engine in passed]
     if not eligible:
         raise ModelError("no runtime candidate passed the parity gate; build with --precision fp32")
     return max(eligible, key=lambda m: m.images_per_s).candidate
+
+
+def _node_count(onnx_path: Path) -> int:
+    import onnx
+
+    return len(onnx.load(str(onnx_path), load_external_data=False).graph.node)
 
 
 def _mattes(
@@ -347,7 +414,22 @@ def decide(
             actual, speed = _mattes(onnx, spec, RuntimeSettings(*engine, threads=cores), inputs)
             gates.append(gate(*engine, expected, actual, speed))
             logger.info("%s", gates[-1].line())
-    passed = {(g.runtime, g.precision) for g in gates if g.passed}
+    bf16 = (Runtime.OPENVINO, Precision.BF16)
+    if any(g.engine == bf16 and not g.passed for g in gates):
+        full = next(g for g in gates if g.engine == bf16)
+        # Chunks are ranked on the photos BF16 damages most; a candidate island must pass on all.
+        worst = {p.photo for p in sorted(full.photos, key=lambda p: p.iou)[:PROBE_PHOTOS]}
+
+        def trial(fp32_nodes: tuple[NodeRange, ...], names: Sequence[str] = tuple(inputs)) -> GateReport:
+            settings = RuntimeSettings(*bf16, threads=cores, fp32_nodes=fp32_nodes)
+            actual, speed = _mattes(onnx, spec, settings, {n: inputs[n] for n in names})
+            return gate(*bf16, {n: expected[n] for n in names}, actual, speed, fp32_nodes)
+
+        logger.info("BF16 fails the gate: looking for the layers to keep in FP32")
+        if (mixed := fp32_islands(_node_count(onnx), trial, lambda fp32: trial(fp32, tuple(worst)))) is not None:
+            gates.append(mixed)
+            options = [replace(c, fp32_nodes=mixed.fp32_nodes) if c.engine == bf16 else c for c in options]
+    passed = {g.engine for g in gates if g.passed}
     if seconds <= 0:
         if options[0].engine not in passed:
             raise ModelError(f"{options[0].label()} fails the parity gate: {gates[-1].line()}")

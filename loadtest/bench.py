@@ -38,6 +38,7 @@ from matteserve.loadtest.report import pyplot
 from matteserve.loadtest.runner import Bounds, Target, closed_loop
 from matteserve.pipeline.decode import ImageLimits
 from matteserve.runtimes import Precision, Runtime, RuntimeSettings
+from matteserve.segments import parse_ranges
 from matteserve.zoo import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -284,6 +285,7 @@ def run_bench(
         Runtime(chosen.get("runtime", Runtime.ONNXRUNTIME.value)),
         Precision(chosen.get("precision", Precision.FP32.value)),
         threads,
+        fp32_nodes=parse_ranges(chosen.get("fp32_nodes", "")),
     )
     report = BenchReport(
         machine(),

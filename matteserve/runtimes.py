@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -41,10 +41,15 @@ class RuntimeSettings:
     # Busy-waiting worker threads answer the next call a little sooner but hold their cores while
     # decode, resize and PNG encode wait for them: off wherever those stages share the cores.
     spin: bool = True
+    # BF16 only: ranges of the graph's nodes kept in FP32 (see matteserve.segments), found by the build
+    # where BF16 everywhere fails the parity gate.
+    fp32_nodes: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         if self.runtime is Runtime.ONNXRUNTIME and self.precision is not Precision.FP32:
             raise ModelError(f"onnxruntime serves the model in FP32 only; {self.precision.value} needs openvino")
+        if self.fp32_nodes and self.precision is not Precision.BF16:
+            raise ModelError("FP32 node ranges only mean something inside a BF16 model")
         if self.threads < 0:
             raise ModelError(f"threads must be >= 0 (0 = every core), got {self.threads}")
 
@@ -79,32 +84,52 @@ class OnnxruntimeSession:
 
 class OpenvinoSession:
     """OpenVINO's CPU plugin, one stream (Triton's instances give the parallel requests), threads not
-    pinned to cores (the pre/post processes move between the same cores)."""
+    pinned to cores (the pre/post processes move between the same cores). With ``fp32_nodes`` the
+    graph runs as consecutive pieces, BF16 and FP32 in turn, each piece's outputs feeding the next."""
 
     def __init__(self, onnx_path: Path, settings: RuntimeSettings) -> None:
         try:
             import openvino as ov
         except ImportError as e:
             raise ModelError("the openvino runtime needs the openvino package: pip install openvino") from e
+        import onnx
+
+        from matteserve import segments
 
         core = ov.Core()
-        model = core.read_model(str(onnx_path))
-        config: dict[str, object] = {
-            "PERFORMANCE_HINT": "LATENCY",
-            "NUM_STREAMS": 1,
-            "ENABLE_CPU_PINNING": False,
-            "INFERENCE_PRECISION_HINT": "bf16" if settings.precision is Precision.BF16 else "f32",
-        }
-        if settings.threads:
-            config["INFERENCE_NUM_THREADS"] = settings.threads
-        self.compiled = core.compile_model(model, "CPU", config)
-        self.request = self.compiled.create_infer_request()
-        self.input_name = self.compiled.inputs[0].get_any_name()
-        self.output_names = tuple(o.get_any_name() for o in self.compiled.outputs)
+
+        def compile_piece(model: object, fp32: bool) -> Any:
+            config: dict[str, object] = {
+                "PERFORMANCE_HINT": "LATENCY",
+                "NUM_STREAMS": 1,
+                "ENABLE_CPU_PINNING": False,
+                "INFERENCE_PRECISION_HINT": "f32" if fp32 else "bf16",
+            }
+            if settings.threads:
+                config["INFERENCE_NUM_THREADS"] = settings.threads
+            return core.compile_model(model, "CPU", config)
+
+        graph = onnx.load(str(onnx_path))
+        self.input_name = next(
+            i.name for i in graph.graph.input if i.name not in {t.name for t in graph.graph.initializer}
+        )
+        self.output_names = tuple(o.name for o in graph.graph.output)
+        if settings.fp32_nodes:
+            pieces = [(p.model.SerializeToString(), p.fp32) for p in segments.split(graph, settings.fp32_nodes)]
+        else:
+            pieces = [(graph.SerializeToString(), settings.precision is not Precision.BF16)]
+        self.pieces = []
+        for data, fp32 in pieces:
+            compiled = compile_piece(core.read_model(data, b""), fp32)
+            self.pieces.append((compiled, compiled.create_infer_request()))
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        self.request.infer({0: batch})
-        return [self.request.get_output_tensor(i).data.copy() for i in range(len(self.output_names))]
+        values = {self.input_name: batch}
+        for compiled, request in self.pieces:
+            request.infer({i.get_any_name(): values[i.get_any_name()] for i in compiled.inputs})
+            for output in compiled.outputs:
+                values[output.get_any_name()] = request.get_tensor(output).data.copy()
+        return [values[name] for name in self.output_names]
 
 
 _OPENERS: dict[Runtime, Callable[[Path, RuntimeSettings], Session]] = {

@@ -1,5 +1,6 @@
-"""The other ways the CPU target serves: OpenVINO instead of onnxruntime, and U2-Net full instead of
-U2-Net-p, each built, served by a real Triton and checked against rembg's reference matte."""
+"""The other ways the CPU target serves: OpenVINO (BF16 with FP32 islands where the CPU has BF16)
+instead of onnxruntime, and U2-Net full instead of U2-Net-p, each built, served by a real Triton and
+checked against rembg's reference matte."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import tritonclient.grpc as grpcclient
 from matteserve.build import weights
 from matteserve.build.builder import build
 from matteserve.build.repository import read_manifest
+from matteserve.build.runtime_choice import Capabilities
 from matteserve.runtimes import Precision, Runtime
 from matteserve.tritonserver import TritonServer
 from matteserve.zoo import get_spec
@@ -46,17 +48,23 @@ def assert_matches_reference(served: np.ndarray, reference: np.ndarray, name: st
 
 @pytest.fixture(scope="module")
 def openvino_triton(cache_root: Path) -> Iterator[TritonServer]:
+    """OpenVINO BF16 where the CPU has it (the build then keeps the layers BF16 damages in FP32), FP32
+    elsewhere; unmeasured, but gated."""
+    precision = Precision.BF16 if Capabilities.detect().bf16 else Precision.FP32
     repo = build(get_spec("u2netp"), cache_root / "repo-openvino", max_batch_size=2, runtime=Runtime.OPENVINO,
-                 precision=Precision.FP32, measure_seconds=0)  # fmt: skip
+                 precision=precision, measure_seconds=0)  # fmt: skip
     server = start_triton(repo, cache_root)
     yield server
     server.stop()
 
 
+@pytest.mark.slow
 def test_openvino_runtime_serves_the_reference_mattes(openvino_triton: TritonServer, photos: dict[str, bytes]) -> None:
     manifest = read_manifest(openvino_triton.cfg.repository)
     assert manifest is not None
-    assert manifest["runtime_choice"]["runtime"] == "openvino"
+    choice = manifest["runtime_choice"]
+    assert choice["runtime"] == "openvino"
+    assert all(g["passed"] for g in choice["gates"] if g["fp32_nodes"] == choice["fp32_nodes"])
     for name in ("astronaut", "coffee"):
         assert_matches_reference(raw_alpha(openvino_triton, photos[name]), rembg_reference_alpha(photos[name]), name)
 

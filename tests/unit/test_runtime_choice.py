@@ -159,3 +159,39 @@ def test_precision_fp32_with_no_measuring_keeps_the_onnxruntime_reference(tmp_pa
     assert manifest is not None
     assert (manifest["runtime_choice"]["runtime"], manifest["runtime_choice"]["precision"]) == ("onnxruntime", "fp32")
     assert manifest["runtime_choice"]["measured"] is False
+
+
+def test_the_layers_bf16_damages_most_are_kept_in_fp32_until_the_gate_passes() -> None:
+    """A model whose nodes 500-750 only pass in FP32 together (as U2-Net-p's decoder does)."""
+    sensitive = [(500, 625), (625, 750)]
+    tried: list[tuple[tuple[int, int], ...]] = []
+
+    def trial(fp32: tuple[tuple[int, int], ...]) -> rc.GateReport:
+        tried.append(fp32)
+        covered = sum(1 for s in sensitive if any(a <= s[0] and s[1] <= b for a, b in fp32))
+        iou = {0: 0.93, 1: 0.975, 2: 0.995}[covered]
+        return rc.GateReport(*BF16.engine, (rc.PhotoGate("p", iou, 0.2),), fp32_nodes=fp32)
+
+    found = rc.fp32_islands(1000, trial)
+    assert found is not None
+    assert found.passed
+    assert found.fp32_nodes == ((500, 750),)  # the two chunks, joined into one FP32 piece
+    assert len(tried) == 8 + 2  # each chunk alone, then the two worst
+
+
+def test_no_fp32_island_is_offered_when_only_fp32_everywhere_passes() -> None:
+    def trial(fp32: tuple[tuple[int, int], ...]) -> rc.GateReport:
+        return rc.GateReport(*BF16.engine, (rc.PhotoGate("p", 0.9, 5.0),), fp32_nodes=fp32)
+
+    assert rc.fp32_islands(80, trial) is None
+
+
+def test_measured_fp32_islands_reach_the_served_candidates() -> None:
+    island = rc.Candidate(Runtime.OPENVINO, Precision.BF16, 1, 2, fp32_nodes=((10, 20),))
+    assert island.settings().fp32_nodes == ((10, 20),)
+    assert "nodes 10-20 in fp32" in island.label()
+    measured = [rc.Measurement(ORT, 5.0), rc.Measurement(island, 7.0)]
+    full = rc.GateReport(*BF16.engine, (rc.PhotoGate("p", 0.93, 2.0),))
+    mixed = rc.GateReport(*BF16.engine, (rc.PhotoGate("p", 0.995, 0.2),), fp32_nodes=((10, 20),))
+    assert rc.choose(measured, [full, mixed]) == island
+    assert rc.choose(measured, [full]) == ORT

@@ -7,6 +7,7 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 from matteserve.runtimes import Precision, Runtime, RuntimeSettings
+from matteserve.segments import parse_ranges
 from matteserve.stages import MattingRunner
 from matteserve.triton_adapter import error_response, parameters, spec_and_limits
 
@@ -23,6 +24,7 @@ class TritonPythonModel:
             precision=Precision(params["precision"]),
             threads=int(params["threads"]),
             spin=False,
+            fp32_nodes=parse_ranges(params["fp32_nodes"]),
         )
         self.runner = MattingRunner(onnx_path, self.spec, settings=settings)
 
