@@ -46,6 +46,7 @@ E2E_MIN_IMAGES = 4  # per candidate, however slow the model: fewer is noise
 # BF16 damage is measured, and the worst are kept in FP32 one by one until the gate passes.
 SENSITIVITY_CHUNKS = 8
 PROBE_PHOTOS = 3
+SHRINK_DEPTH = 3
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,8 @@ def fp32_islands(
     (default: ``trial``) does the same more cheaply, to rank the chunks.
 
     Each chunk's damage is probed with only that chunk in BF16; then the most damaging chunks go to
-    FP32 one at a time until the gate passes (at most ``chunks`` probes and ``chunks`` trials)."""
+    FP32 one at a time until the gate passes (at most ``chunks`` probes and ``chunks`` trials); then
+    each FP32 range is halved while one half alone still passes (:func:`shrink`)."""
     probe = probe or trial
     bounds = [round(i * node_count / chunks) for i in range(chunks + 1)]
     pieces = [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
@@ -253,8 +255,32 @@ def fp32_islands(
         report = trial(merge(kept))
         logger.info("%s", report.line())
         if report.passed:
-            return report
+            return shrink(report, trial)
     return None
+
+
+def shrink(
+    report: GateReport, trial: Callable[[tuple[NodeRange, ...]], GateReport], depth: int = SHRINK_DEPTH
+) -> GateReport:
+    """Halve each FP32 range of a passing ``report`` while one half still passes, ``depth`` times at
+    most: every node back in BF16 is speed, and a smaller island carries fewer of the U-Net's wide
+    skip tensors across its edges."""
+    ranges = list(report.fp32_nodes)
+    for i in range(len(ranges)):
+        for _ in range(depth):
+            start, end = ranges[i]
+            middle = (start + end) // 2
+            for half in ((start, middle), (middle, end)):
+                if half[1] <= half[0]:
+                    continue
+                attempt = trial(merge([*ranges[:i], half, *ranges[i + 1 :]]))
+                logger.info("%s", attempt.line())
+                if attempt.passed:
+                    ranges[i], report = half, attempt
+                    break
+            else:
+                break
+    return report
 
 
 @dataclass(frozen=True)

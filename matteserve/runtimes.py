@@ -124,12 +124,14 @@ class OpenvinoSession:
             self.pieces.append((compiled, compiled.create_infer_request()))
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        values = {self.input_name: batch}
+        # Between pieces the output tensors are handed on as they are, not copied (the cuts of a
+        # U-Net carry its full-resolution skip connections); only the model's outputs are copied out.
+        values: dict[str, Any] = {self.input_name: batch}
         for compiled, request in self.pieces:
             request.infer({i.get_any_name(): values[i.get_any_name()] for i in compiled.inputs})
             for output in compiled.outputs:
-                values[output.get_any_name()] = request.get_tensor(output).data.copy()
-        return [values[name] for name in self.output_names]
+                values[output.get_any_name()] = request.get_tensor(output)
+        return [np.array(values[name].data) for name in self.output_names]
 
 
 _OPENERS: dict[Runtime, Callable[[Path, RuntimeSettings], Session]] = {

@@ -176,7 +176,17 @@ def test_the_layers_bf16_damages_most_are_kept_in_fp32_until_the_gate_passes() -
     assert found is not None
     assert found.passed
     assert found.fp32_nodes == ((500, 750),)  # the two chunks, joined into one FP32 piece
-    assert len(tried) == 8 + 2  # each chunk alone, then the two worst
+    assert len(tried) == 8 + 2 + 2  # each chunk alone, then the two worst, then neither half passes
+
+
+def test_an_fp32_island_shrinks_to_the_half_that_still_passes() -> None:
+    def trial(fp32: tuple[tuple[int, int], ...]) -> rc.GateReport:
+        covered = any(a <= 570 and b >= 600 for a, b in fp32)
+        return rc.GateReport(*BF16.engine, (rc.PhotoGate("p", 0.99 if covered else 0.93, 0.2),), fp32_nodes=fp32)
+
+    found = rc.fp32_islands(1000, trial)
+    assert found is not None
+    assert found.fp32_nodes == ((562, 625),)  # chunk 500-625, then its right half; its halves fail
 
 
 def test_no_fp32_island_is_offered_when_only_fp32_everywhere_passes() -> None:
