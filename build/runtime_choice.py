@@ -11,12 +11,11 @@ measurements, so it is tested without timing anything.
 from __future__ import annotations
 
 import importlib.util
-import itertools
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from matteserve.build.islands import PROBE_PHOTOS, fp32_islands
 from matteserve.errors import ModelError
 from matteserve.pipeline import tensor
 from matteserve.pipeline.decode import ImageLimits
@@ -42,11 +42,6 @@ REFERENCE = (Runtime.ONNXRUNTIME, Precision.FP32)
 MEASURE_SECONDS = 1.5  # end to end, per candidate
 E2E_SIZE = 1024  # px, the JPEGs the end-to-end measurement sends
 E2E_MIN_IMAGES = 4  # per candidate, however slow the model: fewer is noise
-# Where BF16 everywhere fails the gate, the graph is cut into this many runs of nodes; each run's own
-# BF16 damage is measured, and the worst are kept in FP32 one by one until the gate passes.
-SENSITIVITY_CHUNKS = 8
-PROBE_PHOTOS = 3
-SHRINK_DEPTH = 3
 
 
 @dataclass(frozen=True)
@@ -213,74 +208,6 @@ def gate(
         for name, e in expected.items()
     )
     return GateReport(runtime, precision, photos, model_images_per_s, fp32_nodes)
-
-
-def merge(ranges: Sequence[NodeRange]) -> tuple[NodeRange, ...]:
-    """Sorted ranges with touching ones joined: fewer pieces, fewer copies between them."""
-    out: list[NodeRange] = []
-    for start, end in sorted(ranges):
-        if out and out[-1][1] == start:
-            out[-1] = (out[-1][0], end)
-        else:
-            out.append((start, end))
-    return tuple(out)
-
-
-def fp32_islands(
-    node_count: int,
-    trial: Callable[[tuple[NodeRange, ...]], GateReport],
-    probe: Callable[[tuple[NodeRange, ...]], GateReport] | None = None,
-    chunks: int = SENSITIVITY_CHUNKS,
-) -> GateReport | None:
-    """The gate report of the smallest set of FP32 node ranges this search finds that lets a BF16
-    model pass, or None. ``trial(fp32_ranges)`` gates the model with those ranges in FP32; ``probe``
-    (default: ``trial``) does the same more cheaply, to rank the chunks.
-
-    Each chunk's damage is probed with only that chunk in BF16; then the most damaging chunks go to
-    FP32 one at a time until the gate passes (at most ``chunks`` probes and ``chunks`` trials); then
-    each FP32 range is halved while one half alone still passes (:func:`shrink`)."""
-    probe = probe or trial
-    bounds = [round(i * node_count / chunks) for i in range(chunks + 1)]
-    pieces = [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
-
-    def damage(report: GateReport) -> float:
-        return (1 - report.iou_mean) + (1 - report.iou_min) + report.mean_abs / 255
-
-    alone = {p: damage(probe(merge([q for q in pieces if q != p]))) for p in pieces}
-    kept: list[NodeRange] = []
-    for piece in sorted(pieces, key=lambda p: -alone[p]):
-        kept.append(piece)
-        if len(kept) == len(pieces):
-            return None  # all FP32 is not BF16 any more
-        report = trial(merge(kept))
-        logger.info("%s", report.line())
-        if report.passed:
-            return shrink(report, trial)
-    return None
-
-
-def shrink(
-    report: GateReport, trial: Callable[[tuple[NodeRange, ...]], GateReport], depth: int = SHRINK_DEPTH
-) -> GateReport:
-    """Halve each FP32 range of a passing ``report`` while one half still passes, ``depth`` times at
-    most: every node back in BF16 is speed, and a smaller island carries fewer of the U-Net's wide
-    skip tensors across its edges."""
-    ranges = list(report.fp32_nodes)
-    for i in range(len(ranges)):
-        for _ in range(depth):
-            start, end = ranges[i]
-            middle = (start + end) // 2
-            for half in ((start, middle), (middle, end)):
-                if half[1] <= half[0]:
-                    continue
-                attempt = trial(merge([*ranges[:i], half, *ranges[i + 1 :]]))
-                logger.info("%s", attempt.line())
-                if attempt.passed:
-                    ranges[i], report = half, attempt
-                    break
-            else:
-                break
-    return report
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from matteserve import contract
-from matteserve.build import configs, photos, weights
+from matteserve.build import configs, islands, photos, weights
 from matteserve.build import runtime_choice as rc
 from matteserve.build.builder import build
 from matteserve.build.repository import read_manifest
@@ -172,7 +172,7 @@ def test_the_layers_bf16_damages_most_are_kept_in_fp32_until_the_gate_passes() -
         iou = {0: 0.93, 1: 0.975, 2: 0.995}[covered]
         return rc.GateReport(*BF16.engine, (rc.PhotoGate("p", iou, 0.2),), fp32_nodes=fp32)
 
-    found = rc.fp32_islands(1000, trial)
+    found = islands.fp32_islands(1000, trial)
     assert found is not None
     assert found.passed
     assert found.fp32_nodes == ((500, 750),)  # the two chunks, joined into one FP32 piece
@@ -184,7 +184,7 @@ def test_an_fp32_island_shrinks_to_the_half_that_still_passes() -> None:
         covered = any(a <= 570 and b >= 600 for a, b in fp32)
         return rc.GateReport(*BF16.engine, (rc.PhotoGate("p", 0.99 if covered else 0.93, 0.2),), fp32_nodes=fp32)
 
-    found = rc.fp32_islands(1000, trial)
+    found = islands.fp32_islands(1000, trial)
     assert found is not None
     assert found.fp32_nodes == ((562, 625),)  # chunk 500-625, then its right half; its halves fail
 
@@ -193,7 +193,7 @@ def test_no_fp32_island_is_offered_when_only_fp32_everywhere_passes() -> None:
     def trial(fp32: tuple[tuple[int, int], ...]) -> rc.GateReport:
         return rc.GateReport(*BF16.engine, (rc.PhotoGate("p", 0.9, 5.0),), fp32_nodes=fp32)
 
-    assert rc.fp32_islands(80, trial) is None
+    assert islands.fp32_islands(80, trial) is None
 
 
 def test_measured_fp32_islands_reach_the_served_candidates() -> None:
