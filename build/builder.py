@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from matteserve.build import onnx_prep, repository, tuning, weights
+from matteserve.build import onnx_prep, repository, runtime_choice, tuning, weights
 from matteserve.build.configs import ServingPlan, Target
 from matteserve.errors import ModelError
 from matteserve.pipeline.decode import ImageLimits
+from matteserve.runtimes import Precision, Runtime
 from matteserve.zoo import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -24,10 +26,16 @@ def build(
     onnx: Path | None = None,
     max_batch_size: int | None = None,
     limits: ImageLimits | None = None,
+    runtime: Runtime | None = None,
+    precision: Precision | None = None,
+    measure_seconds: float = runtime_choice.MEASURE_SECONDS,
+    capabilities: runtime_choice.Capabilities | None = None,
     **plan_overrides: Any,
 ) -> Path:
-    """Fetch or take the ONNX, prepare it for dynamic batching, choose the batch size and write the
-    repository. ``max_batch_size=None`` measures the model here and chooses (CPU target). The GPU
+    """Fetch or take the ONNX, prepare it for dynamic batching, choose the runtime, precision and
+    thread layout (CPU target: :mod:`.runtime_choice`, among those ``runtime`` / ``precision``
+    leave open; ``measure_seconds=0`` keeps the reference unmeasured), choose the batch size and
+    write the repository. ``max_batch_size=None`` measures the model here and chooses. The GPU
     target (TensorRT engines) is built by :mod:`matteserve.build.gpu.build`; ``plan_overrides`` there
     may also carry its engine options (``if_stale``, ``parity_photos``, ``engines``, ...)."""
     if spec.stand_in:
@@ -44,10 +52,29 @@ def build(
     source = weights.weights_path(spec, onnx)
     with tempfile.TemporaryDirectory() as tmp:
         prepared = onnx_prep.prepare(source, spec, Path(tmp) / "model.onnx")
+        choice = runtime_choice.decide(
+            prepared.path,
+            spec,
+            os.cpu_count() or 1,
+            capabilities or runtime_choice.Capabilities.detect(),
+            runtime,
+            precision,
+            measure_seconds,
+        )
+        logger.info("runtime choice:\n%s", choice.summary())
+        chosen: dict[str, Any] = {
+            "runtime": choice.chosen.runtime,
+            "precision": choice.chosen.precision,
+            "fp32_nodes": choice.chosen.fp32_nodes,
+            "matting_threads": choice.chosen.threads,
+            "matting_instances": choice.chosen.instances,
+        }
+        plan_overrides = chosen | plan_overrides
         plan = ServingPlan.for_host(spec, target, limits=limits or ImageLimits(), **plan_overrides)
         measurements: list[tuning.BatchMeasurement] = []
         if max_batch_size is None:
-            measurements = tuning.measure(prepared.path, spec, threads=plan.matting_threads)
+            settings = choice.chosen.settings()
+            measurements = tuning.measure(prepared.path, spec, replace(settings, threads=plan.matting_threads))
             max_batch_size = tuning.choose(measurements)
             logger.info("chose max batch size %d from %s", max_batch_size, measurements)
         plan = ServingPlan.for_host(
@@ -62,6 +89,7 @@ def build(
             "limits": asdict(plan.limits),
             "batch_parity_max_diff": prepared.batch_parity_max_diff,
             "batch_measurements": [asdict(m) for m in measurements],
+            "runtime_choice": choice.to_dict(),
             "spec": spec.to_dict(),
         }
         served = prepared.path

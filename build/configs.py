@@ -17,6 +17,8 @@ from tritonclient.grpc import model_config_pb2
 from matteserve import container, contract, stand_in
 from matteserve.errors import ModelError
 from matteserve.pipeline.decode import ImageLimits
+from matteserve.runtimes import Precision, Runtime
+from matteserve.segments import format_ranges
 from matteserve.zoo import ModelSpec
 
 # On GPU the pre/post python steps take batches of at most this many (see ServingPlan).
@@ -51,7 +53,11 @@ class ServingPlan:
     # gateway sends always apply.
     queue_timeout_us: int = 600_000_000
     matting_instances: int = 1
-    matting_threads: int = 0  # onnxruntime intra-op threads; 0 = all cores
+    matting_threads: int = 0  # the runtime's threads per instance; 0 = all cores
+    # CPU: the engine the matting model runs in, as the build chose it (matteserve.build.runtime_choice).
+    runtime: Runtime = Runtime.ONNXRUNTIME
+    precision: Precision = Precision.FP32
+    fp32_nodes: tuple[tuple[int, int], ...] = ()  # BF16: graph node ranges kept in FP32
     preprocess_instances: int = 1
     postprocess_instances: int = 1
     limits: ImageLimits = field(default_factory=ImageLimits)
@@ -241,7 +247,16 @@ def _engine_config(plan: ServingPlan) -> dict[str, Any]:
 def matting_config(plan: ServingPlan) -> model_config_pb2.ModelConfig:
     if plan.target is Target.GPU:
         return parse(_engine_config(plan))
-    runtime = {"runtime": stand_in.RUNTIME} if plan.spec.stand_in else {"onnx": plan.onnx_filename}
+    runtime = (
+        {"runtime": stand_in.RUNTIME}
+        if plan.spec.stand_in
+        else {
+            "onnx": plan.onnx_filename,
+            "runtime": plan.runtime.value,
+            "precision": plan.precision.value,
+            "fp32_nodes": format_ranges(plan.fp32_nodes),
+        }
+    )
     cfg = _python_model(
         contract.MATTING, plan, plan.matting_instances, runtime | {"threads": str(plan.matting_threads)}
     )

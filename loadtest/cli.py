@@ -199,8 +199,11 @@ def bench(
     seconds: Annotated[float, typer.Option(help="Seconds per measurement (the model-only ones take half).")] = 20.0,
     concurrency: Annotated[str, typer.Option(help="End-to-end concurrencies tried; the best is kept.")] = "4,8",
     count: Annotated[int, typer.Option(help="Distinct photos per size.")] = 4,
+    model: Annotated[str, typer.Option(help="u2netp (fast) or u2net (quality): the default repository's model.")] = (
+        "u2netp"
+    ),
     repository: Annotated[
-        Path | None, typer.Option(help="Model repository to serve (default: the u2netp CPU build, built if missing).")
+        Path | None, typer.Option(help="Model repository to serve (default: the model's CPU build, built if missing).")
     ] = None,
     gateway: Annotated[bool, typer.Option(help="Also measure through a gateway in front of Triton.")] = True,
     stand_in: Annotated[
@@ -226,14 +229,14 @@ def bench(
     from matteserve.cli import setup_logging
     from matteserve.loadtest.bench import StackPlan, run_bench
     from matteserve.paths import default_repository
-    from matteserve.zoo import DEFAULT_MODEL, get_spec
+    from matteserve.zoo import get_spec
 
     setup_logging(verbose)
     chosen = tuple(parse_formats(formats))
     if repository is None:
-        repository = default_repository(DEFAULT_MODEL, "cpu")
+        repository = default_repository(model, "cpu")
         if not is_current(repository):
-            build_repository(get_spec(DEFAULT_MODEL), repository)
+            build_repository(get_spec(model), repository)
     stack_plan = None
     if stand_in:
         stand_in_repo = repository

@@ -20,13 +20,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--max-images", type=int, default=100_000)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--model", default="u2netp")
     args = parser.parse_args()
 
     import rembg
     from rembg import new_session, remove
     from rembg.session_factory import _resolve_model_path
 
-    session = new_session("u2netp")
+    session = new_session(args.model)
     data = [p.read_bytes() for p in args.images]
     for i in range(args.warmup):
         remove(data[i % len(data)], session=session)
@@ -37,7 +38,7 @@ def main() -> None:
             raise SystemExit("rembg.remove did not return a PNG")
         done += 1
     elapsed = time.perf_counter() - start
-    weights = _resolve_model_path("u2netp")
+    weights = _resolve_model_path(args.model)
     print(
         json.dumps(
             {

@@ -7,18 +7,20 @@ import logging
 import signal
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from matteserve import zoo
 from matteserve.build.configs import Target
+from matteserve.build.runtime_choice import MEASURE_SECONDS
 from matteserve.client.remove_cli import remove
 from matteserve.errors import MatteserveError
 from matteserve.extras import missing_extra
 from matteserve.loadtest.cli import bench, loadtest
 from matteserve.paths import default_repository
 from matteserve.pipeline.decode import ImageLimits
+from matteserve.runtimes import Precision, Runtime
 
 app = typer.Typer(
     name="matteserve",
@@ -119,14 +121,30 @@ def build(
     fold_input: Annotated[
         bool, typer.Option(help="CPU: preprocess sends uint8 pixels to a graph that normalises them (as on GPU).")
     ] = False,
+    runtime: Annotated[
+        Runtime | None, typer.Option(help="CPU: serve the model in this runtime (default: the fastest measured).")
+    ] = None,
+    precision: Annotated[
+        Precision | None,
+        typer.Option(help="CPU: fp32 forces the reference arithmetic (default: the fastest that passes the gate)."),
+    ] = None,
+    measure_seconds: Annotated[
+        float,
+        typer.Option(help="CPU: seconds each runtime candidate is measured end to end; 0 keeps the reference."),
+    ] = MEASURE_SECONDS,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Fetch and prepare a matting model and write a complete Triton model repository."""
+    """Fetch and prepare a matting model and write a complete Triton model repository. On CPU the
+    build measures each runtime, precision and thread layout this machine offers and keeps the
+    fastest end to end whose mattes pass the parity gate against FP32."""
     from matteserve.build.builder import build as build_repository
+    from matteserve.build.repository import read_manifest
 
     setup_logging(verbose)
     spec = resolve_spec(model, onnx, input_size, mean, std, scaling, output_index, activation, output_norm)
-    target_options: dict[str, object] = {"fold_input": True} if fold_input and target is Target.CPU else {}
+    target_options: dict[str, Any] = {"runtime": runtime, "precision": precision, "measure_seconds": measure_seconds}
+    if fold_input and target is Target.CPU:
+        target_options["fold_input"] = True
     if target is Target.GPU:
         target_options = {
             "if_stale": if_stale,
@@ -145,6 +163,8 @@ def build(
         **target_options,
     )
     typer.echo(f"model repository: {path}")
+    if target is Target.CPU and (manifest := read_manifest(path)):
+        typer.echo(f"runtime: {manifest['runtime_choice']['chosen']}")
 
 
 @app.command()

@@ -18,6 +18,7 @@ EXTRA_OF_MODULE = {
     "onnx": "server",
     "onnxruntime": "server",
     "fpng": "server",
+    "openvino": "server",
     "matplotlib": "loadtest",
     "skimage": "loadtest",
 }

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageChops
 
-from matteserve import contract
+from matteserve import contract, runtimes
 from matteserve.options import OutputFormat, RequestOptions
 from matteserve.pipeline import decode, output, refine, tensor
 from matteserve.zoo import ModelSpec
@@ -90,29 +90,24 @@ def postprocess(data: bytes, raw_options: bytes, alpha: np.ndarray, limits: deco
 
 
 class MattingRunner:
-    """Runs a matting ONNX with onnxruntime on batches of preprocessed inputs."""
+    """Runs a matting ONNX (in the runtime ``settings`` names) on batches of preprocessed inputs."""
 
-    def __init__(self, onnx_path: Path, spec: ModelSpec, threads: int = 0) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
+    def __init__(
+        self, onnx_path: Path, spec: ModelSpec, threads: int = 0, settings: runtimes.RuntimeSettings | None = None
+    ) -> None:
+        self.session = runtimes.open_session(onnx_path, settings or runtimes.RuntimeSettings(threads=threads))
         self.spec = spec
         # A graph folded by matteserve.build.gpu.graph takes uint8 HxWx3 pixels and returns the alpha.
-        self.folded = self.input_name == contract.PIXELS
+        self.folded = self.session.input_name == contract.PIXELS
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Inputs of one shape (3xHxW float32 each, HxWx3 uint8 for a folded graph) -> one HxW uint8
         alpha each, in one model call."""
         batch = np.stack(inputs) if len(inputs) > 1 else inputs[0][None]
+        outputs = self.session.run(batch)
         if self.folded:
-            return list(tensor.alpha_to_uint8(self.session.run([contract.ALPHA], {contract.PIXELS: batch})[0]))
-        predictions = tensor.select_output(self.session.run(None, {self.input_name: batch}), self.spec)
+            return list(tensor.alpha_to_uint8(outputs[self.session.output_names.index(contract.ALPHA)]))
+        predictions = tensor.select_output(outputs, self.spec)
         return [tensor.finalise_alpha(p, self.spec) for p in predictions]
 
     def run_grouped(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:

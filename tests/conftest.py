@@ -110,7 +110,9 @@ def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def repository(cache_root: Path) -> Path:
-    return build(get_spec("u2netp"), cache_root / "repo-cpu", max_batch_size=TEST_MAX_BATCH, queue_delay_us=20_000)
+    # The onnxruntime FP32 reference, unmeasured: the runtime choice has its own tests.
+    repo = cache_root / "repo-cpu"
+    return build(get_spec("u2netp"), repo, max_batch_size=TEST_MAX_BATCH, queue_delay_us=20_000, measure_seconds=0)
 
 
 def start_triton(repository: Path, log_dir: Path) -> TritonServer:

@@ -29,10 +29,10 @@ def metric(triton: TritonServer, name: str, model: str) -> float:
     return float(m.group(1))
 
 
-def rembg_reference_alpha(data: bytes) -> np.ndarray:
-    """u2netp as rembg runs it: full decode, LANCZOS to 320, divide by max, ImageNet mean/std,
-    min-max, truncate to uint8, LANCZOS back to the original size."""
-    spec = get_spec("u2netp")
+def rembg_reference_alpha(data: bytes, model: str = "u2netp") -> np.ndarray:
+    """u2netp (or u2net) as rembg runs it: full decode, LANCZOS to 320, divide by max, ImageNet
+    mean/std, min-max, truncate to uint8, LANCZOS back to the original size."""
+    spec = get_spec(model)
     session = ort.InferenceSession(str(weights_path(spec)), providers=["CPUExecutionProvider"])
     img = Image.open(io.BytesIO(data)).convert("RGB")
     im = np.array(img.resize((320, 320), Image.Resampling.LANCZOS))

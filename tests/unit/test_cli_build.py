@@ -21,7 +21,7 @@ def test_user_onnx_with_its_preprocessing_builds_a_repository(tmp_path: Path) ->
     onnx = tiny_model(tmp_path)
     args = ["build", "--model", "tiny-net", "--onnx", str(onnx), "--input-size", "8", "--mean", "0.5",
             "--std", "0.25,0.5,1", "--scaling", "unit", "--activation", "sigmoid", "--max-batch-size", "2",
-            "--max-pixels", "1000000", "--out", str(tmp_path / "repo")]  # fmt: skip
+            "--max-pixels", "1000000", "--measure-seconds", "0", "--out", str(tmp_path / "repo")]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     repo = tmp_path / "repo"
@@ -29,6 +29,7 @@ def test_user_onnx_with_its_preprocessing_builds_a_repository(tmp_path: Path) ->
     assert manifest is not None
     assert manifest["model"] == "tiny-net"
     assert manifest["max_batch_size"] == 2
+    assert "runtime: onnxruntime fp32" in result.output
     matting = configs.from_pbtxt((repo / contract.MATTING / "config.pbtxt").read_text())
     assert list(matting.input[0].dims) == [3, 8, 8]
     spec = json.loads(matting.parameters["spec"].string_value)

@@ -57,3 +57,16 @@ def test_bar_chart_is_a_valid_png(tmp_path: Path) -> None:
         img.verify()
     with Image.open(path) as img:
         assert img.format == "PNG"
+
+
+def test_the_served_runtime_is_printed_beside_onnxruntime_fp32() -> None:
+    from rich.console import Console
+
+    r = report()
+    r.results[0].served_model = Throughput(14.2, "batch 1", {"runtime": "openvino", "precision": "bf16"})
+    console = Console(record=True, width=200)
+    r.print(console)
+    text = console.export_text()
+    assert "14.20 (batch 1)" in text
+    assert "(same)" in text  # the 2048 px row served onnxruntime FP32 itself
+    assert ">= 1.2x ORT FP32 model only" in text
