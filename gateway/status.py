@@ -92,5 +92,3 @@ def from_triton(exc: InferenceServerException, endpoint: str) -> errors.Matteser
 def described(exc: BaseException) -> str:
     """The message with its notes, for the gateway's own log."""
     return "; ".join([str(exc), *getattr(exc, "__notes__", ())])
-
-
