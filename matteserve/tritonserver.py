@@ -17,7 +17,6 @@ import sys
 import sysconfig
 import time
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -169,16 +168,16 @@ def environment() -> dict[str, str]:
     return env
 
 
-def _die_with_parent() -> Callable[[], None]:
-    """For the child before exec: ask Linux to SIGTERM tritonserver when the thread that started it
-    dies, so a crashed or killed CLI or test run never leaves a server holding its ports. prctl is
-    looked up here, in the parent: between fork and exec another thread may hold the loader's lock
-    (gRPC's threads do), and a dlopen in the child then crashes it."""
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    pr_set_pdeathsig = 1
-    return lambda: prctl(pr_set_pdeathsig, signal.SIGTERM)
+def die_with_parent(argv: list[str]) -> list[str]:
+    """``argv`` run so that Linux SIGTERMs tritonserver when the thread that started it dies, so a
+    crashed or killed CLI or test run never leaves a server holding its ports. util-linux's setpriv
+    sets the death signal and execs: a ``preexec_fn`` doing the same runs Python between fork and
+    exec, which crashed the child (SIGSEGV) while gRPC's threads ran in the parent."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        logger.warning("setpriv (util-linux) not found: tritonserver will outlive this process if it is killed")
+        return argv
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv]
 
 
 class TritonServer:
@@ -198,12 +197,11 @@ class TritonServer:
         remove_stale_shm(shm_prefix(self.cfg))
         logger.info("starting Triton: %s", " ".join(command(self.cfg)))
         self.process = subprocess.Popen(
-            command(self.cfg),
+            die_with_parent(command(self.cfg)),
             env=environment(),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent(),
         )
         self.wait_ready(timeout)
         return self
