@@ -122,6 +122,7 @@ def two_post_instances(cache_root: Path, tmp_path_factory: pytest.TempPathFactor
         max_batch_size=TEST_MAX_BATCH,
         queue_delay_us=20_000,
         postprocess_instances=2,
+        measure_seconds=0,
     )
     server = start_triton(repo, tmp_path_factory.mktemp("big-small"))
     yield server
@@ -164,7 +165,9 @@ def test_a_full_triton_queue_is_resource_exhausted_and_leaves_the_endpoint_in_ro
     cache_root: Path, tmp_path: Path, make_photo: Callable[..., bytes]
 ) -> None:
     # One slot per Triton queue, and a gateway that admits everything: Triton's own queue overflows.
-    repo = build(get_spec("u2netp"), cache_root / "repo-cpu-queue1", max_batch_size=1, max_queue_size=1)
+    repo = build(
+        get_spec("u2netp"), cache_root / "repo-cpu-queue1", max_batch_size=1, max_queue_size=1, measure_seconds=0
+    )
     server = start_triton(repo, tmp_path)
     gw = start_gateway([server.cfg.grpc_url], tmp_path, min_in_flight=64)
     try:

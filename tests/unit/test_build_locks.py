@@ -31,7 +31,7 @@ BUILDER = textwrap.dedent(
     spec = ModelSpec("tiny", FixedSize(8, 8), (0.5,) * 3, (0.5,) * 3, Scaling.UNIT)
     onnx, out, count = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
     for _ in range(count):
-        build(spec, out, onnx=onnx, max_batch_size=2, cores=2)
+        build(spec, out, onnx=onnx, max_batch_size=2, cores=2, measure_seconds=0)
     """
 )
 
