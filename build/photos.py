@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from matteserve.errors import ModelError
+from matteserve.loadtest.images import PHOTOS
 
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 WHITE, FLAT, DARK = (255, 255, 255), (96, 140, 196), (18, 18, 22)
 
 

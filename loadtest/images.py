@@ -7,7 +7,6 @@ photos, which synthetic noise or flat colours would not.
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,15 +34,12 @@ def photo_jpeg(photo: str, size: int, quality: int = JPEG_QUALITY) -> bytes:
             "generated inputs are resized scikit-image photos: pip install 'matteserve[loadtest]', "
             "or pass a folder of images with --images"
         ) from e
+    import numpy as np
     from PIL import Image
 
-    img = Image.fromarray(getattr(skimage.data, photo)()).convert("RGB")
-    side = min(img.size)
-    left, top = (img.width - side) // 2, (img.height - side) // 2
-    img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
+    from matteserve.build.photos import jpeg
+
+    return jpeg(np.asarray(Image.fromarray(getattr(skimage.data, photo)()).convert("RGB")), size, quality)
 
 
 def generated(size: int, count: int = len(PHOTOS)) -> list[InputImage]:

@@ -160,6 +160,22 @@ def start_gateway(tritons: list[str], log_dir: Path, **settings: object) -> Gate
     return GatewayProcess(cfg, log_path=log_dir / f"gateway-{cfg.port}.log").start()
 
 
+def gateway_metric(gw: GatewayProcess, name: str, **labels: str) -> float:
+    """The sum of the gateway's ``name`` samples whose labels include ``labels`` (0 when none)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(gw.cfg.metrics_url, timeout=5) as r:
+        families = text_string_to_metric_families(r.read().decode())
+    return sum(
+        s.value
+        for f in families
+        for s in f.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
 @pytest.fixture(scope="session")
 def gateway(triton: TritonServer, cache_root: Path) -> Iterator[GatewayProcess]:
     """One gateway in front of the session's Triton; tests that need fresh counters start their own."""

@@ -11,21 +11,19 @@ import asyncio
 import io
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 
 from matteserve.client import AsyncClient, Client, RetryPolicy
 from matteserve.client.errors import BackendUnavailable
 from matteserve.gateway import GatewayProcess
 from matteserve.tritonserver import TritonServer
 
-from ..conftest import start_gateway, start_triton  # type: ignore[import-not-found]
+from ..conftest import gateway_metric, start_gateway, start_triton  # type: ignore[import-not-found]
 
 NO_RETRY = RetryPolicy(attempts=1)  # what comes back must be the gateway's doing, not the client's
 
@@ -45,17 +43,6 @@ def gw(pair: list[TritonServer], tmp_path_factory: pytest.TempPathFactory) -> It
     process = start_gateway([s.cfg.grpc_url for s in pair], tmp_path_factory.mktemp("faults-gw"), backend_wait_s=60.0)
     yield process
     process.stop()
-
-
-def metric(gw: GatewayProcess, name: str, **labels: str) -> float:
-    with urllib.request.urlopen(gw.cfg.metrics_url, timeout=5) as r:
-        families = text_string_to_metric_families(r.read().decode())
-    return sum(
-        s.value
-        for f in families
-        for s in f.samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    )
 
 
 def wait_health(client: Client, want: str, timeout: float) -> None:
@@ -100,11 +87,11 @@ def test_killing_one_triton_mid_batch_loses_no_image(
     for name, data in results.items():
         assert Image.open(io.BytesIO(data)).size == Image.open(io.BytesIO(photos[name])).size
     killed = victim.cfg.grpc_url
-    assert metric(gw, "matteserve_gateway_retries_total", endpoint=killed) >= 1
-    assert metric(gw, "matteserve_gateway_triton_errors_total", endpoint=killed, code="UNAVAILABLE") >= 1
-    assert metric(gw, "matteserve_gateway_triton_endpoint_up", endpoint=killed) == 0
-    assert metric(gw, "matteserve_gateway_requests_total", code="OK") == 12
-    assert metric(gw, "matteserve_gateway_requests_total") == 12
+    assert gateway_metric(gw, "matteserve_gateway_retries_total", endpoint=killed) >= 1
+    assert gateway_metric(gw, "matteserve_gateway_triton_errors_total", endpoint=killed, code="UNAVAILABLE") >= 1
+    assert gateway_metric(gw, "matteserve_gateway_triton_endpoint_up", endpoint=killed) == 0
+    assert gateway_metric(gw, "matteserve_gateway_requests_total", code="OK") == 12
+    assert gateway_metric(gw, "matteserve_gateway_requests_total") == 12
 
 
 def test_health_is_not_serving_while_no_triton_is_ready_and_serving_when_one_returns(
@@ -126,8 +113,8 @@ def test_health_is_not_serving_while_no_triton_is_ready_and_serving_when_one_ret
         dead.start()  # the killed one comes back on its old port
         wait_health(client, "SERVING", 15)
         assert client.remove(make_photo(64, 64), format="mask").width == 64
-    assert metric(gw, "matteserve_gateway_triton_endpoint_up", endpoint=dead.cfg.grpc_url) == 1
-    assert metric(gw, "matteserve_gateway_triton_endpoint_up", endpoint=alive.cfg.grpc_url) == 0
+    assert gateway_metric(gw, "matteserve_gateway_triton_endpoint_up", endpoint=dead.cfg.grpc_url) == 1
+    assert gateway_metric(gw, "matteserve_gateway_triton_endpoint_up", endpoint=alive.cfg.grpc_url) == 0
 
 
 def test_a_triton_restart_shorter_than_the_deadline_loses_nothing(
@@ -159,7 +146,7 @@ def test_a_triton_restart_shorter_than_the_deadline_loses_nothing(
             await asyncio.gather(*first, *rest)
         return outcomes
 
-    waits_before = metric(gw, "matteserve_gateway_backend_waits_total")
+    waits_before = gateway_metric(gw, "matteserve_gateway_backend_waits_total")
     restart = threading.Event()
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(asyncio.run, run())
@@ -169,4 +156,4 @@ def test_a_triton_restart_shorter_than_the_deadline_loses_nothing(
         victim.start()
         outcomes = running.result(timeout=120)
     assert outcomes == ["OK"] * len(photos)
-    assert metric(gw, "matteserve_gateway_backend_waits_total") > waits_before
+    assert gateway_metric(gw, "matteserve_gateway_backend_waits_total") > waits_before

@@ -7,7 +7,6 @@ import asyncio
 import io
 import struct
 import time
-import urllib.request
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +14,6 @@ from pathlib import Path
 import grpc
 import pytest
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 
 from matteserve.api.v1 import matteserve_pb2 as pb
 from matteserve.api.v1 import matteserve_pb2_grpc as pb_grpc
@@ -26,26 +24,15 @@ from matteserve.gateway import GatewayProcess
 from matteserve.gateway.auth import hash_key
 from matteserve.tritonserver import TritonServer
 
-from ..conftest import start_gateway  # type: ignore[import-not-found]
+from ..conftest import gateway_metric, start_gateway  # type: ignore[import-not-found]
 
 NO_RETRY = RetryPolicy(attempts=1)
 KEY = "hostile-test-key-0123456789"
 MiB = 1024 * 1024
 
 
-def sample(gw: GatewayProcess, name: str, **labels: str) -> float:
-    with urllib.request.urlopen(gw.cfg.metrics_url, timeout=5) as r:
-        text = r.read().decode()
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                total += s.value
-    return total
-
-
 def triton_calls(gw: GatewayProcess) -> float:
-    return sample(gw, "matteserve_gateway_triton_duration_seconds_count")
+    return gateway_metric(gw, "matteserve_gateway_triton_duration_seconds_count")
 
 
 def peak_rss_mib(gw: GatewayProcess) -> float:
@@ -159,7 +146,7 @@ def test_unauthenticated_large_requests_are_refused_before_their_bodies_are_read
     # 16 x 16 MiB reached the servicer before; now no body is read, only what flow control let in.
     growth = peak_rss_mib(gw) - before
     assert growth < 64, f"the gateway grew by {growth:.0f} MiB for unauthenticated calls"
-    assert sample(gw, "matteserve_gateway_requests_total", code="UNAUTHENTICATED") == 16
+    assert gateway_metric(gw, "matteserve_gateway_requests_total", code="UNAUTHENTICATED") == 16
     with Client(gw.target, api_key=KEY, retry=NO_RETRY) as client:
         assert client.health() == "SERVING"
 
@@ -173,7 +160,7 @@ def test_a_stream_that_is_never_read_stops_the_gateway_reading_it(
     before = peak_rss_mib(gw)
 
     def streamed() -> float:
-        return sample(gw, "matteserve_gateway_requests_total", method="RemoveStream")
+        return gateway_metric(gw, "matteserve_gateway_requests_total", method="RemoveStream")
 
     def items() -> Iterator[pb.RemoveStreamRequest]:
         for i in range(32):

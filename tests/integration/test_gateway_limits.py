@@ -6,13 +6,11 @@ import asyncio
 import os
 import signal
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from matteserve.client import AsyncClient, Client, RetryPolicy
 from matteserve.client.errors import InvalidRequest, MessageTooLarge, RemoteError, Timeout, Unauthenticated
@@ -20,20 +18,10 @@ from matteserve.gateway import GatewayProcess
 from matteserve.gateway.auth import hash_key
 from matteserve.tritonserver import TritonServer
 
-from ..conftest import start_gateway  # type: ignore[import-not-found]
+from ..conftest import gateway_metric, start_gateway  # type: ignore[import-not-found]
 
 NO_RETRY = RetryPolicy(attempts=1)
 KEY = "test-key-0123456789abcdef"
-
-
-def sample(gw: GatewayProcess, name: str, **labels: str) -> float:
-    with urllib.request.urlopen(gw.cfg.metrics_url, timeout=5) as r:
-        text = r.read().decode()
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return float(s.value)
-    return 0.0
 
 
 @pytest.fixture(scope="module")
@@ -86,11 +74,11 @@ def test_a_message_above_the_size_limit_gets_resource_exhausted(limited: Gateway
 def test_an_image_above_the_pixel_limit_is_refused_before_triton(
     limited: GatewayProcess, make_photo: Callable[..., bytes]
 ) -> None:
-    calls_before = sample(limited, "matteserve_gateway_triton_duration_seconds_count")
+    calls_before = gateway_metric(limited, "matteserve_gateway_triton_duration_seconds_count")
     with Client(limited.target, retry=NO_RETRY) as client, pytest.raises(InvalidRequest) as err:
         client.remove(make_photo(500, 500))
     assert "500x500 = 0.2 MP, above the 0.2 MP limit" in str(err.value)
-    assert sample(limited, "matteserve_gateway_triton_duration_seconds_count") == calls_before
+    assert gateway_metric(limited, "matteserve_gateway_triton_duration_seconds_count") == calls_before
 
 
 def test_the_callers_deadline_reaches_triton(
@@ -98,7 +86,7 @@ def test_the_callers_deadline_reaches_triton(
 ) -> None:
     """A paused Triton never answers: only the deadline the gateway passed on can end its call."""
     assert triton.process is not None
-    errors_before = sample(limited, "matteserve_gateway_triton_errors_total", code="DEADLINE_EXCEEDED")
+    errors_before = gateway_metric(limited, "matteserve_gateway_triton_errors_total", code="DEADLINE_EXCEEDED")
     os.kill(triton.process.pid, signal.SIGSTOP)
     try:
         with Client(limited.target, retry=NO_RETRY) as client, pytest.raises(Timeout) as err:
@@ -106,7 +94,9 @@ def test_the_callers_deadline_reaches_triton(
     finally:
         os.kill(triton.process.pid, signal.SIGCONT)
     assert "did not answer before the deadline" in str(err.value)  # the gateway's answer, not the client's
-    assert sample(limited, "matteserve_gateway_triton_errors_total", code="DEADLINE_EXCEEDED") == errors_before + 1
+    assert (
+        gateway_metric(limited, "matteserve_gateway_triton_errors_total", code="DEADLINE_EXCEEDED") == errors_before + 1
+    )
     with Client(limited.target) as client:
         deadline = time.monotonic() + 15
         while client.health() != "SERVING":  # the paused probe marked Triton down for a moment

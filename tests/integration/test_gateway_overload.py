@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from matteserve import contract
 from matteserve.build.builder import build
@@ -28,7 +26,7 @@ from matteserve.options import OutputFormat
 from matteserve.tritonserver import TritonServer
 from matteserve.zoo import get_spec
 
-from ..conftest import TEST_MAX_BATCH, start_gateway, start_triton  # type: ignore[import-not-found]
+from ..conftest import TEST_MAX_BATCH, gateway_metric, start_gateway, start_triton  # type: ignore[import-not-found]
 
 
 async def measure_closed(
@@ -181,8 +179,8 @@ def test_a_full_triton_queue_is_resource_exhausted_and_leaves_the_endpoint_in_ro
                 await target.close()
 
         codes = asyncio.run(burst())
-        up = sample_metric(gw, "matteserve_gateway_triton_endpoint_up", endpoint=server.cfg.grpc_url)
-        retries = sample_metric(gw, "matteserve_gateway_retries_total")
+        up = gateway_metric(gw, "matteserve_gateway_triton_endpoint_up", endpoint=server.cfg.grpc_url)
+        retries = gateway_metric(gw, "matteserve_gateway_retries_total")
         with open(gw.log_path or "", encoding="utf-8") as log:
             flaps = log.read().count("NOT ready")
     finally:
@@ -194,17 +192,6 @@ def test_a_full_triton_queue_is_resource_exhausted_and_leaves_the_endpoint_in_ro
     assert up == 1
     assert retries == 0
     assert flaps == 0
-
-
-def sample_metric(gw: GatewayProcess, name: str, **labels: str) -> float:
-    with urllib.request.urlopen(gw.cfg.metrics_url, timeout=5) as r:
-        families = text_string_to_metric_families(r.read().decode())
-    return sum(
-        s.value
-        for f in families
-        for s in f.samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    )
 
 
 class Counting:
