@@ -202,11 +202,15 @@ def answers(prometheus: Prometheus, gateway_client: Client, photos: dict[str, by
     # whole load (every gateway request code shows a non-zero rate).
     # Only the unary method: the session's gateway may carry zero-rate series of other methods from
     # earlier tests.
-    load_seen = 'min(matteserve:gateway_requests:rate1m{method="Remove"}) > 0'
+    # Triton is scraped on its own schedule: its ensemble's rate must show the load too.
+    load_seen = (
+        'min(matteserve:gateway_requests:rate1m{method="Remove"}) > 0',
+        'matteserve:triton_requests:rate1m{model="remove_background"} > 0',
+    )
     results: dict[str, list[Any]] = {}
     deadline = time.monotonic() + 30
     while True:
-        seen = has_data(prometheus.query(load_seen))
+        seen = all(has_data(prometheus.query(q)) for q in load_seen)
         results |= {q: prometheus.query(q) for q in wanted if seen or not has_data(results.get(q, []))}
         if (seen and all(has_data(results[q]) for q in wanted)) or time.monotonic() > deadline:
             return results

@@ -69,4 +69,3 @@ def test_the_served_runtime_is_printed_beside_onnxruntime_fp32() -> None:
     text = console.export_text()
     assert "14.20 (batch 1)" in text
     assert "(same)" in text  # the 2048 px row served onnxruntime FP32 itself
-    assert ">= 1.2x ORT FP32 model only" in text
