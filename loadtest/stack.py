@@ -52,7 +52,8 @@ class StageCost:
         return self.preprocess_core_ms + self.postprocess_core_ms
 
 
-def _median_core_ms(fn: Callable[[], object], repeats: int) -> float:
+def median_core_ms(fn: Callable[[], object], repeats: int) -> float:
+    """The median CPU time of ``repeats`` calls of ``fn``, in milliseconds of this process."""
     times = []
     for _ in range(repeats):
         start = time.process_time()
@@ -73,14 +74,14 @@ def stage_costs(
     the images), for every output format. ``alphas`` are the model's mattes for ``inputs``."""
     limits = ImageLimits()
     pre = statistics.mean(
-        _median_core_ms(partial(stages.preprocess, data, b"", spec, limits), repeats) for data in inputs
+        median_core_ms(partial(stages.preprocess, data, b"", spec, limits), repeats) for data in inputs
     )
     out = []
     for fmt in formats:
         options = RequestOptions(fmt).to_json()
         post, sizes = [], []
         for data, alpha in zip(inputs, alphas, strict=True):
-            post.append(_median_core_ms(partial(stages.postprocess, data, options, alpha, limits), repeats))
+            post.append(median_core_ms(partial(stages.postprocess, data, options, alpha, limits), repeats))
             sizes.append(len(stages.postprocess(data, options, alpha, limits).data))
         out.append(StageCost(size, fmt.value, pre, statistics.mean(post), statistics.mean(sizes)))
     return out

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
-import time
 from collections.abc import Callable
 from functools import partial
 
@@ -26,6 +25,7 @@ from PIL import Image
 from matteserve import stages
 from matteserve.build.weights import weights_path
 from matteserve.loadtest.images import PHOTOS, photo_jpeg
+from matteserve.loadtest.stack import median_core_ms
 from matteserve.pipeline import decode, output
 from matteserve.pipeline.decode import ImageLimits
 from matteserve.zoo import get_spec
@@ -34,13 +34,8 @@ LIMITS = ImageLimits()
 
 
 def core_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.process_time()
-        fn()
-        times.append(time.process_time() - start)
-    return statistics.median(times) * 1000.0
+    fn()  # warm: first calls load codecs and fill caches
+    return median_core_ms(fn, repeats)
 
 
 def pillow_png(rgba: np.ndarray) -> bytes:
