@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import statistics
 import tempfile
 import time
@@ -31,6 +30,7 @@ from matteserve import contract
 from matteserve.client import AsyncClient, RetryPolicy
 from matteserve.gateway.config import GatewayConfig
 from matteserve.gateway.launcher import GatewayProcess
+from matteserve.loadtest.bench import free_port
 from matteserve.loadtest.images import PHOTOS, photo_jpeg
 from matteserve.options import OutputFormat, RequestOptions
 
@@ -47,12 +47,6 @@ class Side:
 def photos(size: int) -> list[bytes]:
     """Real photos (scikit-image), centre-cropped to size x size JPEGs, as the load test uses."""
     return [photo_jpeg(name, size) for name in PHOTOS]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def closed_loop(

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import socket
 import struct
 import tempfile
 import time
@@ -39,6 +38,7 @@ from matteserve.client.common import build_request
 from matteserve.errors import MatteserveError
 from matteserve.gateway import GatewayConfig, GatewayProcess
 from matteserve.gateway.auth import hash_key
+from matteserve.loadtest.bench import free_port
 from matteserve.loadtest.images import photo_jpeg
 from matteserve.pipeline.decode import ImageLimits, open_image
 from matteserve.tritonserver import TritonConfig, TritonServer
@@ -46,12 +46,6 @@ from matteserve.zoo import get_spec
 
 ONCE = RetryPolicy(attempts=1)
 MiB = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def png_bomb(side: int) -> bytes:
