@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
 from matteserve import container, contract, stand_in
+from matteserve.contract import Parameter
 from matteserve.errors import ModelError
 from matteserve.pipeline.decode import ImageLimits
 from matteserve.runtimes import Precision, Runtime
@@ -143,19 +144,6 @@ def _tensor(name: str, data_type: str, dims: list[int]) -> dict[str, Any]:
     return {"name": name, "data_type": data_type, "dims": dims}
 
 
-def _common(plan: ServingPlan) -> dict[str, str]:
-    return {
-        "spec": json.dumps(plan.spec.to_dict(), sort_keys=True),
-        "max_pixels": str(plan.limits.max_pixels),
-        "min_side": str(plan.limits.min_side),
-        "max_aspect": str(plan.limits.max_aspect),
-    }
-
-
-def _parameters(values: dict[str, str]) -> dict[str, Any]:
-    return {k: {"string_value": v} for k, v in values.items()}
-
-
 def _batching(plan: ServingPlan, queue_delay_us: int | None = None) -> dict[str, Any]:
     """Every queue honours the per-request ``timeout`` the gateway sends (the caller's remaining
     deadline): a request still queued when it expires is rejected there, before any compute."""
@@ -173,20 +161,22 @@ def _batching(plan: ServingPlan, queue_delay_us: int | None = None) -> dict[str,
     return batching
 
 
-def _python_model(name: str, plan: ServingPlan, instances: int, extra: dict[str, str] | None = None) -> dict[str, Any]:
+def _python_model(name: str, plan: ServingPlan, instances: int, extra: dict[Parameter, str]) -> dict[str, Any]:
+    spec = json.dumps(plan.spec.to_dict(), sort_keys=True)
+    parameters = {Parameter.SPEC: spec, Parameter.LIMITS: json.dumps(asdict(plan.limits))} | extra
     return {
         "name": name,
         "backend": "python",
         "max_batch_size": plan.python_max_batch_size,
         "dynamic_batching": _batching(plan),
         "instance_group": [{"count": instances, "kind": "KIND_CPU"}],
-        "parameters": _parameters(_common(plan) | (extra or {})),
+        "parameters": {str(k): {"string_value": v} for k, v in parameters.items()},
     }
 
 
 def preprocess_config(plan: ServingPlan) -> model_config_pb2.ModelConfig:
     pixels = "uint8" if plan.uint8_pixels else "float32"
-    cfg = _python_model(contract.PREPROCESS, plan, plan.preprocess_instances, {"pixels": pixels})
+    cfg = _python_model(contract.PREPROCESS, plan, plan.preprocess_instances, {Parameter.PIXELS: pixels})
     cfg["input"] = [_tensor(contract.IMAGE, "TYPE_STRING", [1]), _tensor(contract.OPTIONS, "TYPE_STRING", [1])]
     cfg["output"] = [
         _tensor(contract.PIXELS, _PIXEL_TYPES[pixels], plan.pixel_dims),
@@ -248,17 +238,17 @@ def matting_config(plan: ServingPlan) -> model_config_pb2.ModelConfig:
     if plan.target is Target.GPU:
         return parse(_engine_config(plan))
     runtime = (
-        {"runtime": stand_in.RUNTIME}
+        {Parameter.RUNTIME: stand_in.RUNTIME}
         if plan.spec.stand_in
         else {
-            "onnx": plan.onnx_filename,
-            "runtime": plan.runtime.value,
-            "precision": plan.precision.value,
-            "fp32_nodes": format_ranges(plan.fp32_nodes),
+            Parameter.ONNX: plan.onnx_filename,
+            Parameter.RUNTIME: plan.runtime.value,
+            Parameter.PRECISION: plan.precision.value,
+            Parameter.FP32_NODES: format_ranges(plan.fp32_nodes),
         }
     )
     cfg = _python_model(
-        contract.MATTING, plan, plan.matting_instances, runtime | {"threads": str(plan.matting_threads)}
+        contract.MATTING, plan, plan.matting_instances, runtime | {Parameter.THREADS: str(plan.matting_threads)}
     )
     cfg["input"] = [_tensor(contract.PIXELS, "TYPE_UINT8" if plan.uint8_pixels else "TYPE_FP32", plan.pixel_dims)]
     cfg["output"] = [_tensor(contract.ALPHA, "TYPE_UINT8", plan.alpha_dims)]
@@ -266,7 +256,7 @@ def matting_config(plan: ServingPlan) -> model_config_pb2.ModelConfig:
 
 
 def postprocess_config(plan: ServingPlan) -> model_config_pb2.ModelConfig:
-    cfg = _python_model(contract.POSTPROCESS, plan, plan.postprocess_instances)
+    cfg = _python_model(contract.POSTPROCESS, plan, plan.postprocess_instances, {})
     cfg["input"] = [
         _tensor(contract.IMAGE, "TYPE_STRING", [1]),
         _tensor(contract.OPTIONS, "TYPE_STRING", [1]),

@@ -78,7 +78,7 @@ class Endpoint:
 @dataclass(frozen=True)
 class TritonResult:
     data: bytes
-    meta: dict[str, Any]
+    meta: contract.Meta
     endpoint: str
     model: str
     seconds: float
@@ -256,9 +256,7 @@ class TritonPool:
             ep.in_flight -= 1
             seconds = time.perf_counter() - start
         self.metrics.triton_duration.labels(ep.url).observe(seconds)
-        data = result.as_numpy(contract.RESULT)[0, 0]
-        meta = json.loads(result.as_numpy(contract.META)[0, 0])
-        return TritonResult(bytes(data), meta, ep.url, ep.model or "", seconds)
+        return TritonResult(*contract.ensemble_result(result), ep.url, ep.model or "", seconds)
 
     def _suspect(self, ep: Endpoint) -> None:
         """Take the endpoint out of rotation now and probe it at once; a healthy one comes straight back."""
@@ -283,7 +281,7 @@ class TritonPool:
     @staticmethod
     async def _served_model(ep: Endpoint) -> str:
         config = await ep.client.get_model_config(contract.PREPROCESS, as_json=True, client_timeout=PROBE_TIMEOUT_S)
-        spec = json.loads(config["config"]["parameters"]["spec"]["string_value"])
+        spec = json.loads(config["config"]["parameters"][contract.Parameter.SPEC]["string_value"])
         return str(spec["name"])
 
     def _set_ready(self, ep: Endpoint, ready: bool) -> None:

@@ -175,16 +175,16 @@ class BackgroundRemovalService(pb_grpc.BackgroundRemovalServicer):
             self.metrics.response_bytes.observe(len(result.data))
             meta = result.meta
             timings = {
-                "preprocess": float(meta.get("preprocess_ms", 0.0)),
-                "postprocess": float(meta.get("postprocess_ms", 0.0)),
+                "preprocess": meta.preprocess_ms,
+                "postprocess": meta.postprocess_ms,
                 "triton": result.seconds * 1000,
                 "gateway": (time.perf_counter() - start) * 1000,
             }
             response = pb.RemoveResponse(
                 data=result.data,
-                content_type=str(meta["content_type"]),
-                width=int(meta["width"]),
-                height=int(meta["height"]),
+                content_type=meta.content_type,
+                width=meta.width,
+                height=meta.height,
                 timings_ms=timings,
                 model=result.model,
                 request_id=rid,

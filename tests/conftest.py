@@ -128,16 +128,15 @@ def triton(repository: Path, cache_root: Path) -> Iterator[TritonServer]:
 
 
 @pytest.fixture(scope="session")
-def triton_infer(triton: TritonServer) -> Callable[..., tuple[bytes, dict[str, object]]]:
+def triton_infer(triton: TritonServer) -> Callable[..., tuple[bytes, contract.Meta]]:
     """Call the ensemble directly with tritonclient: (image bytes, options) -> (result, meta)."""
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(triton.cfg.grpc_url)
 
-    def infer(image: bytes, options: dict[str, object] | None = None) -> tuple[bytes, dict[str, object]]:
+    def infer(image: bytes, options: dict[str, object] | None = None) -> tuple[bytes, contract.Meta]:
         inputs = contract.ensemble_inputs(image, json.dumps(options or {}).encode())
-        result = client.infer(contract.ENSEMBLE, inputs, client_timeout=120)
-        return result.as_numpy(contract.RESULT)[0, 0], json.loads(result.as_numpy(contract.META)[0, 0])
+        return contract.ensemble_result(client.infer(contract.ENSEMBLE, inputs, client_timeout=120))
 
     return infer
 

@@ -15,9 +15,10 @@ from PIL import Image
 
 from matteserve.client import Client
 from matteserve.client.errors import InvalidRequest
+from matteserve.contract import Meta
 from matteserve.gateway import GatewayProcess
 
-Infer = Callable[..., tuple[bytes, dict[str, Any]]]
+Infer = Callable[..., tuple[bytes, Meta]]
 SIZE = (320, 256)
 
 
@@ -51,14 +52,14 @@ def test_every_format_through_the_gateway_matches_triton_direct(
     result = gateway_client.remove(photo, **options)
     direct, meta = triton_infer(photo, options)
 
-    assert (result.content_type, result.width, result.height) == (meta["content_type"], *SIZE)
+    assert (result.content_type, result.width, result.height) == (meta.content_type, *SIZE)
     assert result.model == "u2netp"
     assert set(result.timings) == {"preprocess", "postprocess", "triton", "gateway"}
     assert result.timings["gateway"] >= result.timings["triton"] > 0
     assert result.request_id
     if options["format"] in ("png", "mask", "raw"):
         # Lossless: the same alpha as Triton's own answer (batching may shift a level by rounding).
-        got, want = alpha_of(result.data, result.content_type, SIZE), alpha_of(direct, meta["content_type"], SIZE)
+        got, want = alpha_of(result.data, result.content_type, SIZE), alpha_of(direct, meta.content_type, SIZE)
         assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
         assert 0 < got.mean() < 255  # a real matte, neither empty nor all opaque
     else:

@@ -8,7 +8,6 @@ import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -17,12 +16,13 @@ from PIL import Image
 from matteserve import contract
 from matteserve.build import configs
 from matteserve.build.builder import build
+from matteserve.contract import Meta
 from matteserve.tritonserver import TritonServer
 from matteserve.zoo import get_spec
 
 from ..conftest import TEST_MAX_BATCH, start_triton  # type: ignore[import-not-found]
 
-Infer = Callable[..., tuple[bytes, dict[str, Any]]]
+Infer = Callable[..., tuple[bytes, Meta]]
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -52,8 +51,8 @@ def test_serve_starts_triton_answers_and_stops_cleanly_on_sigterm(
         assert f"127.0.0.1:{ports['--grpc-port']}" in lines[-1]
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{ports['--grpc-port']}")
         inputs = contract.ensemble_inputs(make_photo(320, 240), b'{"format": "mask"}')
-        meta = json.loads(client.infer(contract.ENSEMBLE, inputs, client_timeout=60).as_numpy(contract.META)[0, 0])
-        assert (meta["width"], meta["height"]) == (320, 240)
+        _, meta = contract.ensemble_result(client.infer(contract.ENSEMBLE, inputs, client_timeout=60))
+        assert (meta.width, meta.height) == (320, 240)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     finally:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 import subprocess
@@ -72,12 +71,12 @@ def test_the_stand_in_serves_its_fixed_matte_at_every_images_size(
         wait_for_line(proc, "Triton ready", timeout=120)
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
 
-        def infer(image: bytes, options: bytes) -> tuple[bytes, dict[str, object]]:
-            result = client.infer(contract.ENSEMBLE, contract.ensemble_inputs(image, options), client_timeout=60)
-            return result.as_numpy(contract.RESULT)[0, 0], json.loads(result.as_numpy(contract.META)[0, 0])
+        def infer(image: bytes, options: bytes) -> tuple[bytes, contract.Meta]:
+            inputs = contract.ensemble_inputs(image, options)
+            return contract.ensemble_result(client.infer(contract.ENSEMBLE, inputs, client_timeout=60))
 
         raw, meta = infer(make_photo(640, 480), b'{"format": "raw"}')
-        assert (meta["width"], meta["height"]) == (640, 480)
+        assert (meta.width, meta.height) == (640, 480)
         expected = Image.fromarray(stand_in.fixed_matte(320, 320), "L").resize((640, 480), Image.Resampling.BILINEAR)
         np.testing.assert_array_equal(np.frombuffer(raw, np.uint8).reshape(480, 640), np.asarray(expected))
         png, _ = infer(make_photo(300, 200, "coffee"), b'{"format": "png"}')

@@ -13,9 +13,10 @@ import pytest
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
+from matteserve.contract import Meta
 from matteserve.tritonserver import TritonServer
 
-Infer = Callable[..., tuple[bytes, dict[str, Any]]]
+Infer = Callable[..., tuple[bytes, Meta]]
 
 
 def png_declaring(width: int, height: int) -> bytes:
@@ -100,7 +101,7 @@ def test_bad_image_in_a_batch_fails_only_its_own_request(
     for (data, should_pass), (passed, detail) in zip(work, outcomes, strict=True):
         assert passed == should_pass, detail
         if passed:
-            assert detail["width"] == Image.open(io.BytesIO(data)).width
+            assert detail.width == Image.open(io.BytesIO(data)).width
         else:
             assert detail == "StatusCode.INVALID_ARGUMENT"
     assert triton.is_ready(), "the server must stay up"

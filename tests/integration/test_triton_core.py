@@ -15,10 +15,11 @@ import pytest
 from PIL import Image
 
 from matteserve.build.weights import weights_path
+from matteserve.contract import Meta
 from matteserve.tritonserver import TritonServer
 from matteserve.zoo import get_spec
 
-Infer = Callable[..., tuple[bytes, dict[str, Any]]]
+Infer = Callable[..., tuple[bytes, Meta]]
 
 
 def metric(triton: TritonServer, name: str, model: str) -> float:
@@ -54,8 +55,8 @@ def test_real_photos_come_back_at_their_size_with_a_plausible_alpha(
         out = Image.open(io.BytesIO(result))
         original = Image.open(io.BytesIO(data))
         assert (out.format, out.mode, out.size) == ("PNG", "RGBA", original.size), name
-        assert (meta["width"], meta["height"]) == original.size
-        assert meta["content_type"] == "image/png"
+        assert (meta.width, meta.height) == original.size
+        assert meta.content_type == "image/png"
         alpha = np.asarray(out)[:, :, 3]
         # A subject and a background both clearly present (the rocket fills under 2% of its frame).
         assert (alpha > 200).mean() > 0.01, name
@@ -78,7 +79,7 @@ def test_served_alpha_matches_the_rembg_reference(
     cases = {**photos, "astronaut-1536": make_photo(1536, 1536)}
     for name, data in cases.items():
         result, meta = triton_infer(data, {"format": "raw"})
-        served = np.frombuffer(result, np.uint8).reshape(int(meta["height"]), int(meta["width"])).astype(int)
+        served = np.frombuffer(result, np.uint8).reshape(meta.height, meta.width).astype(int)
         diff = np.abs(served - rembg_reference_alpha(data).astype(int))
         assert diff.mean() <= 1.5, (name, diff.mean())
         assert np.percentile(diff, 99) <= 16, (name, np.percentile(diff, 99))
@@ -104,9 +105,9 @@ def test_every_output_format(
     result, meta = triton_infer(make_photo(300, 200), options)
     out = Image.open(io.BytesIO(result))
     assert (out.format, out.mode, out.size) == (fmt, mode, (300, 200))
-    assert meta["content_type"] == content_type
-    assert meta["preprocess_ms"] > 0
-    assert meta["postprocess_ms"] > 0
+    assert meta.content_type == content_type
+    assert meta.preprocess_ms > 0
+    assert meta.postprocess_ms > 0
 
 
 def test_jpeg_output_shows_the_background_colour_where_the_backdrop_was(
@@ -124,7 +125,7 @@ def test_exif_rotated_photo_comes_back_upright(triton_infer: Infer, photo_arrays
     Image.fromarray(photo_arrays["chelsea"]).save(buf, "JPEG", exif=exif.tobytes())  # stored 451x300
     result, meta = triton_infer(buf.getvalue(), {"format": "mask"})
     assert Image.open(io.BytesIO(result)).size == (300, 451)
-    assert (meta["width"], meta["height"]) == (300, 451)
+    assert (meta.width, meta.height) == (300, 451)
 
 
 def test_concurrent_requests_are_batched(
@@ -134,7 +135,7 @@ def test_concurrent_requests_are_batched(
     images = [make_photo(256 + 8 * i, 256) for i in range(12)]
     with ThreadPoolExecutor(12) as pool:
         results = list(pool.map(lambda d: triton_infer(d, {"format": "raw"}), images))
-    assert [r[1]["width"] for r in results] == [256 + 8 * i for i in range(12)]
+    assert [r[1].width for r in results] == [256 + 8 * i for i in range(12)]
     inferences = metric(triton, "nv_inference_count", "matting") - before["nv_inference_count"]
     executions = metric(triton, "nv_inference_exec_count", "matting") - before["nv_inference_exec_count"]
     assert inferences == 12

@@ -4,7 +4,6 @@ checked against rembg's reference matte."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+from matteserve import contract
 from matteserve.build import weights
 from matteserve.build.builder import build
 from matteserve.build.repository import read_manifest
@@ -28,14 +28,9 @@ U2NET_SHA256 = "8d10d2f3bb75ae3b6d527c77944fc5e7dcd94b29809d47a739a7a728a912b491
 
 def raw_alpha(server: TritonServer, image: bytes) -> np.ndarray:
     client = grpcclient.InferenceServerClient(server.cfg.grpc_url)
-    inputs = []
-    for name, value in (("IMAGE", image), ("OPTIONS", json.dumps({"format": "raw"}).encode())):
-        tensor = grpcclient.InferInput(name, [1, 1], "BYTES")
-        tensor.set_data_from_numpy(np.array([[value]], dtype=np.object_))
-        inputs.append(tensor)
-    result = client.infer("remove_background", inputs, client_timeout=120)
-    meta = json.loads(result.as_numpy("META")[0, 0])
-    return np.frombuffer(result.as_numpy("RESULT")[0, 0], np.uint8).reshape(int(meta["height"]), int(meta["width"]))
+    inputs = contract.ensemble_inputs(image, b'{"format": "raw"}')
+    data, meta = contract.ensemble_result(client.infer(contract.ENSEMBLE, inputs, client_timeout=120))
+    return np.frombuffer(data, np.uint8).reshape(meta.height, meta.width)
 
 
 def assert_matches_reference(served: np.ndarray, reference: np.ndarray, name: str) -> None:

@@ -34,7 +34,7 @@ def test_user_onnx_with_its_preprocessing_builds_a_repository(tmp_path: Path) ->
     assert list(matting.input[0].dims) == [3, 8, 8]
     spec = json.loads(matting.parameters["spec"].string_value)
     assert (spec["std"], spec["activation"], spec["scaling"]) == ([0.25, 0.5, 1.0], "sigmoid", "unit")
-    assert matting.parameters["max_pixels"].string_value == "1000000"
+    assert json.loads(matting.parameters[contract.Parameter.LIMITS].string_value)["max_pixels"] == 1_000_000
 
 
 def test_custom_model_without_its_preprocessing_is_refused_with_what_to_add(tmp_path: Path) -> None:

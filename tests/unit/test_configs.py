@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
+from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 
-from matteserve import contract
+from matteserve import contract, triton_adapter
 from matteserve.build import configs, repository
 from matteserve.build.configs import ServingPlan, Target
 from matteserve.errors import ModelError
 from matteserve.pipeline.decode import ImageLimits
-from matteserve.zoo import ZOO, ModelSpec
+from matteserve.zoo import ZOO
 
 
 @pytest.fixture
@@ -76,11 +76,17 @@ def test_cpu_models_are_python_on_cpu_with_dynamic_batching(plan: ServingPlan) -
         assert [g.kind for g in cfg.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_CPU]
 
 
-def test_parameters_carry_the_spec_and_limits(plan: ServingPlan) -> None:
-    params = parsed(plan)[contract.PREPROCESS].parameters
-    assert ModelSpec.from_dict(json.loads(params["spec"].string_value)) == plan.spec
-    assert params["max_pixels"].string_value == "123"
-    assert parsed(plan)[contract.MATTING].parameters["threads"].string_value == "2"
+def test_the_adapters_read_back_the_spec_and_limits_the_configs_carry(plan: ServingPlan) -> None:
+    for name in (contract.PREPROCESS, contract.MATTING, contract.POSTPROCESS):
+        # What Triton hands a python model's initialize: the config as JSON, proto field names, defaults too.
+        text = json_format.MessageToJson(
+            parsed(plan)[name], preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+        args = {"model_config": text}
+        params = triton_adapter.parameters(args)
+        assert (triton_adapter.spec_of(params), triton_adapter.limits_of(params)) == (plan.spec, plan.limits), name
+    assert plan.limits.max_pixels == 123
+    assert parsed(plan)[contract.MATTING].parameters[contract.Parameter.THREADS].string_value == "2"
 
 
 def test_size_rule_models_get_variable_dims() -> None:

@@ -2,41 +2,40 @@
 batch at once (or, with the ``runtime`` parameter "stand-in", a fixed matte and no model:
 matteserve.stand_in)."""
 
-import json
 from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
 from matteserve import stand_in
+from matteserve.contract import ALPHA, MATTING, PIXELS, Parameter
 from matteserve.runtimes import Precision, Runtime, RuntimeSettings
 from matteserve.segments import parse_ranges
 from matteserve.stages import MattingRunner
-from matteserve.triton_adapter import error_response, parameters, spec_and_limits
+from matteserve.triton_adapter import parameters, respond, spec_of
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = parameters(config)
-        self.spec, _ = spec_and_limits(config)
-        if params.get("runtime") == stand_in.RUNTIME:
+        params = parameters(args)
+        if params.get(Parameter.RUNTIME) == stand_in.RUNTIME:
             self.runner = stand_in.StandInRunner()
             return
-        onnx_path = Path(args["model_repository"]) / args["model_version"] / params["onnx"]
+        onnx_path = Path(args["model_repository"]) / args["model_version"] / params[Parameter.ONNX]
         # Pre/post processes share these cores: the runtime's threads must not busy-wait.
         settings = RuntimeSettings(
-            runtime=Runtime(params["runtime"]),
-            precision=Precision(params["precision"]),
-            threads=int(params["threads"]),
+            runtime=Runtime(params[Parameter.RUNTIME]),
+            precision=Precision(params[Parameter.PRECISION]),
+            threads=int(params[Parameter.THREADS]),
             spin=False,
-            fp32_nodes=parse_ranges(params["fp32_nodes"]),
+            fp32_nodes=parse_ranges(params[Parameter.FP32_NODES]),
         )
-        self.runner = MattingRunner(onnx_path, self.spec, settings=settings)
+        self.runner = MattingRunner(onnx_path, spec_of(params), settings=settings)
 
     def execute(self, requests):
-        inputs = [pb_utils.get_input_tensor_by_name(r, "PIXELS").as_numpy()[0] for r in requests]
-        try:
-            alphas = self.runner.run_grouped(inputs)
-        except Exception as e:
-            return [error_response(pb_utils, e, "matting") for _ in requests]
-        return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("ALPHA", a[None])]) for a in alphas]
+        return respond(pb_utils, MATTING, requests, self.pixels, self.matting)
+
+    def pixels(self, request):
+        return pb_utils.get_input_tensor_by_name(request, PIXELS).as_numpy()[0]
+
+    def matting(self, batch):
+        return [[pb_utils.Tensor(ALPHA, alpha[None])] for alpha in self.runner.run_grouped(batch)]
