@@ -144,6 +144,21 @@ def _tensor(name: str, data_type: str, dims: list[int]) -> dict[str, Any]:
     return {"name": name, "data_type": data_type, "dims": dims}
 
 
+# Each tensor is declared once, so a step's output and the next step's input cannot disagree.
+_REQUEST = [_tensor(contract.IMAGE, "TYPE_STRING", [1]), _tensor(contract.OPTIONS, "TYPE_STRING", [1])]
+_ANSWER = [_tensor(contract.RESULT, "TYPE_STRING", [1]), _tensor(contract.META, "TYPE_STRING", [1])]
+_PREPROCESS_MS = _tensor(contract.PREPROCESS_MS, "TYPE_FP32", [1])
+
+
+def _pixels(plan: ServingPlan) -> dict[str, Any]:
+    return _tensor(contract.PIXELS, "TYPE_UINT8" if plan.uint8_pixels else "TYPE_FP32", plan.pixel_dims)
+
+
+def _alpha(plan: ServingPlan) -> dict[str, Any]:
+    """UINT8 from the CPU model, FP32 in [0, 1] from the GPU engine."""
+    return _tensor(contract.ALPHA, "TYPE_FP32" if plan.target is Target.GPU else "TYPE_UINT8", plan.alpha_dims)
+
+
 def _batching(plan: ServingPlan, queue_delay_us: int | None = None) -> dict[str, Any]:
     """Every queue honours the per-request ``timeout`` the gateway sends (the caller's remaining
     deadline): a request still queued when it expires is rejected there, before any compute."""
@@ -175,17 +190,11 @@ def _python_model(name: str, plan: ServingPlan, instances: int, extra: dict[Para
 
 
 def preprocess_config(plan: ServingPlan) -> model_config_pb2.ModelConfig:
-    pixels = "uint8" if plan.uint8_pixels else "float32"
-    cfg = _python_model(contract.PREPROCESS, plan, plan.preprocess_instances, {Parameter.PIXELS: pixels})
-    cfg["input"] = [_tensor(contract.IMAGE, "TYPE_STRING", [1]), _tensor(contract.OPTIONS, "TYPE_STRING", [1])]
-    cfg["output"] = [
-        _tensor(contract.PIXELS, _PIXEL_TYPES[pixels], plan.pixel_dims),
-        _tensor(contract.PREPROCESS_MS, "TYPE_FP32", [1]),
-    ]
+    pixels = {Parameter.PIXELS: "uint8" if plan.uint8_pixels else "float32"}
+    cfg = _python_model(contract.PREPROCESS, plan, plan.preprocess_instances, pixels)
+    cfg["input"] = _REQUEST
+    cfg["output"] = [_pixels(plan), _PREPROCESS_MS]
     return parse(cfg)
-
-
-_PIXEL_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32"}
 
 
 def _engine_config(plan: ServingPlan) -> dict[str, Any]:
@@ -202,23 +211,20 @@ def _engine_config(plan: ServingPlan) -> dict[str, Any]:
         | {"preferred_batch_size": plan.cuda_graph_batches},
         "instance_group": [{"count": plan.engine_instances, "kind": "KIND_GPU"}],
         "cc_model_filenames": dict(plan.engine_files),
-        "input": [_tensor(contract.PIXELS, "TYPE_UINT8", plan.pixel_dims)],
-        "output": [_tensor(contract.ALPHA, "TYPE_FP32", plan.alpha_dims)],
+        "input": [_pixels(plan)],
+        "output": [_alpha(plan)],
     }
     if -1 not in plan.pixel_dims:
         batches = plan.cuda_graph_batches
         # graph_lower_bound: a batch between two graph sizes runs the larger graph, padded, instead of
         # falling back to launching kernels one by one.
         lower = [1, *(b + 1 for b in batches[:-1])]
+        dims = {contract.PIXELS: {"dim": plan.pixel_dims}}
         cfg["optimization"] = {
             "cuda": {
                 "graphs": True,
                 "graph_spec": [
-                    {
-                        "batch_size": b,
-                        "input": {contract.PIXELS: {"dim": plan.pixel_dims}},
-                        "graph_lower_bound": {"batch_size": low, "input": {contract.PIXELS: {"dim": plan.pixel_dims}}},
-                    }
+                    {"batch_size": b, "input": dims, "graph_lower_bound": {"batch_size": low, "input": dims}}
                     for low, b in zip(lower, batches, strict=True)
                 ],
             }
@@ -250,52 +256,38 @@ def matting_config(plan: ServingPlan) -> model_config_pb2.ModelConfig:
     cfg = _python_model(
         contract.MATTING, plan, plan.matting_instances, runtime | {Parameter.THREADS: str(plan.matting_threads)}
     )
-    cfg["input"] = [_tensor(contract.PIXELS, "TYPE_UINT8" if plan.uint8_pixels else "TYPE_FP32", plan.pixel_dims)]
-    cfg["output"] = [_tensor(contract.ALPHA, "TYPE_UINT8", plan.alpha_dims)]
+    cfg["input"] = [_pixels(plan)]
+    cfg["output"] = [_alpha(plan)]
     return parse(cfg)
 
 
 def postprocess_config(plan: ServingPlan) -> model_config_pb2.ModelConfig:
     cfg = _python_model(contract.POSTPROCESS, plan, plan.postprocess_instances, {})
-    cfg["input"] = [
-        _tensor(contract.IMAGE, "TYPE_STRING", [1]),
-        _tensor(contract.OPTIONS, "TYPE_STRING", [1]),
-        _tensor(contract.ALPHA, "TYPE_FP32" if plan.target is Target.GPU else "TYPE_UINT8", plan.alpha_dims),
-        _tensor(contract.PREPROCESS_MS, "TYPE_FP32", [1]),
-    ]
-    cfg["output"] = [_tensor(contract.RESULT, "TYPE_STRING", [1]), _tensor(contract.META, "TYPE_STRING", [1])]
+    cfg["input"] = [*_REQUEST, _alpha(plan), _PREPROCESS_MS]
+    cfg["output"] = _ANSWER
     return parse(cfg)
 
 
 def ensemble_config(plan: ServingPlan) -> model_config_pb2.ModelConfig:
-    """The original bytes feed both preprocess and postprocess, so no full-size pixels cross steps."""
-
-    def step(model: str, inputs: list[str], outputs: list[str]) -> dict[str, Any]:
-        return {
-            "model_name": model,
-            "model_version": -1,
-            "input_map": {n: n for n in inputs},
-            "output_map": {n: n for n in outputs},
-        }
-
+    """Each step's tensors are the ensemble's tensors of the same names. The original bytes feed both
+    preprocess and postprocess, so no full-size pixels cross steps."""
+    steps = (preprocess_config(plan), matting_config(plan), postprocess_config(plan))
     cfg = {
         "name": contract.ENSEMBLE,
         "platform": "ensemble",
         # Triton refuses an ensemble whose max batch exceeds a step's; callers send one image each.
         "max_batch_size": plan.python_max_batch_size,
-        "input": [_tensor(contract.IMAGE, "TYPE_STRING", [1]), _tensor(contract.OPTIONS, "TYPE_STRING", [1])],
-        "output": [_tensor(contract.RESULT, "TYPE_STRING", [1]), _tensor(contract.META, "TYPE_STRING", [1])],
+        "input": _REQUEST,
+        "output": _ANSWER,
         "ensemble_scheduling": {
             "step": [
-                step(
-                    contract.PREPROCESS, [contract.IMAGE, contract.OPTIONS], [contract.PIXELS, contract.PREPROCESS_MS]
-                ),
-                step(contract.MATTING, [contract.PIXELS], [contract.ALPHA]),
-                step(
-                    contract.POSTPROCESS,
-                    [contract.IMAGE, contract.OPTIONS, contract.ALPHA, contract.PREPROCESS_MS],
-                    [contract.RESULT, contract.META],
-                ),
+                {
+                    "model_name": step.name,
+                    "model_version": -1,
+                    "input_map": {t.name: t.name for t in step.input},
+                    "output_map": {t.name: t.name for t in step.output},
+                }
+                for step in steps
             ]
         },
     }

@@ -173,18 +173,17 @@ class BackgroundRemovalService(pb_grpc.BackgroundRemovalServicer):
             waited = result.waited
             log |= {"endpoint": result.endpoint, "model": result.model, "bytes_out": len(result.data)}
             self.metrics.response_bytes.observe(len(result.data))
-            meta = result.meta
             timings = {
-                "preprocess": meta.preprocess_ms,
-                "postprocess": meta.postprocess_ms,
+                "preprocess": result.meta.preprocess_ms,
+                "postprocess": result.meta.postprocess_ms,
                 "triton": result.seconds * 1000,
                 "gateway": (time.perf_counter() - start) * 1000,
             }
             response = pb.RemoveResponse(
                 data=result.data,
-                content_type=meta.content_type,
-                width=meta.width,
-                height=meta.height,
+                content_type=result.meta.content_type,
+                width=result.meta.width,
+                height=result.meta.height,
                 timings_ms=timings,
                 model=result.model,
                 request_id=rid,

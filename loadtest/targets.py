@@ -66,17 +66,13 @@ class TritonTarget:
         # next to the server's on a shared machine.
         self._options = options
         self._requests = {id(image): contract.ensemble_inputs(image, options) for image in inputs}
-        self._outputs = [
-            grpcclient.InferRequestedOutput(contract.RESULT),
-            grpcclient.InferRequestedOutput(contract.META),
-        ]
 
     async def send(self, image: bytes) -> str:
         from tritonclient.utils import InferenceServerException
 
         try:
             request = self._requests.get(id(image)) or contract.ensemble_inputs(image, self._options)
-            await self.client.infer(contract.ENSEMBLE, request, outputs=self._outputs, client_timeout=self.timeout)
+            await self.client.infer(contract.ENSEMBLE, request, client_timeout=self.timeout)
         except InferenceServerException as e:
             return status_name(e.status())
         return "OK"

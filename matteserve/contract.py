@@ -30,8 +30,7 @@ POSTPROCESS = "postprocess"
 
 
 class Parameter(enum.StrEnum):
-    """The python steps' config parameters: build/configs.py writes them, matteserve/triton_adapter.py
-    reads them."""
+    """The python steps' config parameters: build/configs.py writes them, triton_adapter reads them."""
 
     SPEC = "spec"  # the zoo ModelSpec, JSON
     LIMITS = "limits"  # the ImageLimits, JSON
@@ -56,10 +55,6 @@ class Meta:
     def to_json(self) -> bytes:
         return json.dumps(asdict(self)).encode()
 
-    @classmethod
-    def from_json(cls, data: bytes) -> Meta:
-        return cls(**json.loads(data))
-
 
 def ensemble_inputs(image: bytes, options: bytes) -> list[InferInput]:
     """The ensemble's request: one image and its options (JSON), as tritonclient gRPC inputs (the
@@ -78,4 +73,4 @@ def ensemble_inputs(image: bytes, options: bytes) -> list[InferInput]:
 
 def ensemble_result(result: InferResult) -> tuple[bytes, Meta]:
     """The ensemble's answer (tritonclient's, sync or asyncio): the encoded result and its Meta."""
-    return bytes(result.as_numpy(RESULT)[0, 0]), Meta.from_json(result.as_numpy(META)[0, 0])
+    return bytes(result.as_numpy(RESULT)[0, 0]), Meta(**json.loads(result.as_numpy(META)[0, 0]))

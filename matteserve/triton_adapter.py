@@ -1,8 +1,5 @@
-"""Helpers shared by the python-backend adapters in ``model_repository/``.
-
-They run inside Triton's python stub. ``pb_utils`` (``triton_python_backend_utils``) exists only
-there, so it is passed in rather than imported.
-"""
+"""Helpers shared by the python-backend adapters in ``model_repository/``. They run inside Triton's
+python stub, the only place ``pb_utils`` (``triton_python_backend_utils``) exists: it is passed in."""
 
 from __future__ import annotations
 
@@ -10,8 +7,6 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
-
-import numpy as np
 
 from matteserve.contract import Parameter
 from matteserve.errors import InvalidImage, InvalidOptions
@@ -27,12 +22,8 @@ def parameters(args: dict[str, Any]) -> dict[str, str]:
     return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
 
 
-def spec_of(params: dict[str, str]) -> ModelSpec:
-    return ModelSpec.from_dict(json.loads(params[Parameter.SPEC]))
-
-
-def limits_of(params: dict[str, str]) -> ImageLimits:
-    return ImageLimits(**json.loads(params[Parameter.LIMITS]))
+def spec_and_limits(params: dict[str, str]) -> tuple[ModelSpec, ImageLimits]:
+    return ModelSpec.from_dict(json.loads(params[Parameter.SPEC])), ImageLimits(**json.loads(params[Parameter.LIMITS]))
 
 
 def first_bytes(pb_utils: Any, request: Any, name: str) -> bytes:
@@ -41,48 +32,35 @@ def first_bytes(pb_utils: Any, request: Any, name: str) -> bytes:
     return value if isinstance(value, bytes) else bytes(value)
 
 
-def bytes_tensor(pb_utils: Any, name: str, value: bytes) -> Any:
-    return pb_utils.Tensor(name, np.array([[value]], dtype=np.object_))
+Run = Callable[[list[Any]], Sequence[list[Any]]]
 
 
-def respond(
-    pb_utils: Any,
-    model: str,
-    requests: Sequence[Any],
-    read: Callable[[Any], Any],
-    run: Callable[[list[Any]], Sequence[list[Any]]] = lambda outputs: outputs,
-) -> list[Any]:
-    """Exactly one response per request, in order. ``read`` does one request's own work; ``run`` turns
-    what the requests read into each one's output tensors in one call (matting's model call; nothing
-    for a step whose ``read`` returns its output tensors). A request whose ``read`` raises gets its
-    own error response; if ``run`` raises on several, each is run alone: a bad request never fails
-    its batch neighbours."""
+def respond(pb_utils: Any, model: str, requests: list[Any], read: Callable[[Any], Any], run: Run = list) -> list[Any]:
+    """One response per request, in order: ``read`` does a request's own work, ``run`` the batch's in
+    one call (matting's model; by default what each request read is its output tensors). A failed
+    ``read`` is that request's error; a failed ``run`` is retried a request at a time, so a bad request
+    never fails its neighbours."""
     read_or_failed = [_attempt(read, request) for request in requests]
     ran = iter(_run(run, [x for x in read_or_failed if not isinstance(x, Exception)]))
     return [_response(pb_utils, model, x if isinstance(x, Exception) else next(ran)) for x in read_or_failed]
 
 
-def _attempt(read: Callable[[Any], Any], request: Any) -> Any:
+def _attempt(work: Callable[[Any], Any], arg: Any) -> Any:
     try:
-        return read(request)
+        return work(arg)
     except Exception as e:
         return e
 
 
-def _run(run: Callable[[list[Any]], Sequence[list[Any]]], items: list[Any]) -> list[list[Any] | Exception]:
-    if not items:
-        return []
-    try:
-        return list(run(items))
-    except Exception as e:
-        if len(items) == 1:
-            return [e]
-    return [out for item in items for out in _run(run, [item])]
+def _run(run: Run, items: list[Any]) -> list[list[Any] | Exception]:
+    outputs = _attempt(run, items) if items else []
+    if isinstance(outputs, Exception) and len(items) > 1:
+        return [out for item in items for out in _run(run, [item])]
+    return [outputs] if isinstance(outputs, Exception) else list(outputs)
 
 
 def _response(pb_utils: Any, model: str, outputs: list[Any] | Exception) -> Any:
-    """Bad input is INVALID_ARG with its own message, written for the caller; any other error is
-    INTERNAL with a message that shows nothing of the server's insides (the log has the traceback)."""
+    """Bad input: INVALID_ARG, its message written for the caller; else INTERNAL, saying nothing (logged)."""
     if not isinstance(outputs, Exception):
         return pb_utils.InferenceResponse(output_tensors=outputs)
     if isinstance(outputs, InvalidImage | InvalidOptions):

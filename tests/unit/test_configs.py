@@ -84,7 +84,7 @@ def test_the_adapters_read_back_the_spec_and_limits_the_configs_carry(plan: Serv
         )
         args = {"model_config": text}
         params = triton_adapter.parameters(args)
-        assert (triton_adapter.spec_of(params), triton_adapter.limits_of(params)) == (plan.spec, plan.limits), name
+        assert triton_adapter.spec_and_limits(params) == (plan.spec, plan.limits), name
     assert plan.limits.max_pixels == 123
     assert parsed(plan)[contract.MATTING].parameters[contract.Parameter.THREADS].string_value == "2"
 

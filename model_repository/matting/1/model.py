@@ -11,7 +11,7 @@ from matteserve.contract import ALPHA, MATTING, PIXELS, Parameter
 from matteserve.runtimes import Precision, Runtime, RuntimeSettings
 from matteserve.segments import parse_ranges
 from matteserve.stages import MattingRunner
-from matteserve.triton_adapter import parameters, respond, spec_of
+from matteserve.triton_adapter import parameters, respond, spec_and_limits
 
 
 class TritonPythonModel:
@@ -29,7 +29,7 @@ class TritonPythonModel:
             spin=False,
             fp32_nodes=parse_ranges(params[Parameter.FP32_NODES]),
         )
-        self.runner = MattingRunner(onnx_path, spec_of(params), settings=settings)
+        self.runner = MattingRunner(onnx_path, spec_and_limits(params)[0], settings=settings)
 
     def execute(self, requests):
         return respond(pb_utils, MATTING, requests, self.pixels, self.matting)

@@ -7,13 +7,13 @@ import triton_python_backend_utils as pb_utils
 
 from matteserve import stages
 from matteserve.contract import IMAGE, OPTIONS, PIXELS, PREPROCESS, PREPROCESS_MS, Parameter
-from matteserve.triton_adapter import first_bytes, limits_of, parameters, respond, spec_of
+from matteserve.triton_adapter import first_bytes, parameters, respond, spec_and_limits
 
 
 class TritonPythonModel:
     def initialize(self, args):
         params = parameters(args)
-        self.spec, self.limits = spec_of(params), limits_of(params)
+        self.spec, self.limits = spec_and_limits(params)
         self.uint8 = params.get(Parameter.PIXELS) == "uint8"
 
     def execute(self, requests):
