@@ -163,8 +163,8 @@ def build(
         **target_options,
     )
     typer.echo(f"model repository: {path}")
-    if target is Target.CPU and (manifest := read_manifest(path)):
-        typer.echo(f"runtime: {manifest['runtime_choice']['chosen']}")
+    if target is Target.CPU and (choice := (read_manifest(path) or {}).get("runtime_choice")):
+        typer.echo(f"runtime: {choice['chosen']}")
 
 
 @app.command()
