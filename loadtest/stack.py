@@ -109,7 +109,8 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * _TICK_S  # utime, stime
 
 
-def _children(pid: int) -> list[int]:
+def child_pids(pid: int) -> list[int]:
+    """The pids whose parent is ``pid`` (a tritonserver's children are its python-backend stubs)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -136,7 +137,7 @@ def process_cpu(triton_pid: int) -> dict[str, float]:
     """CPU seconds so far: ``tritonserver`` itself (gRPC, scheduling, the ensemble, tensor copies)
     and each python stub by the model it serves (several instances of one model are added up)."""
     out = {"tritonserver": _cpu_seconds(triton_pid)}
-    for child in _children(triton_pid):
+    for child in child_pids(triton_pid):
         model = _stub_model(child)
         out[model] = out.get(model, 0.0) + _cpu_seconds(child)
     return out

@@ -152,7 +152,7 @@ def command(cfg: TritonConfig) -> list[str]:
 
 def environment() -> dict[str, str]:
     """The stub runs the system libpython; it needs this environment's packages and matteserve."""
-    env = dict(os.environ)
+    env = container.serving_environment(os.environ)
     package_root = Path(matteserve.__file__).resolve().parent.parent
     paths = [str(package_root), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
     if env.get("PYTHONPATH"):
@@ -163,8 +163,6 @@ def environment() -> dict[str, str]:
     # there (a venv's pyvenv.cfg then brings its site-packages), activated shell or not.
     env["PATH"] = os.pathsep.join(filter(None, [str(Path(sys.executable).parent), env.get("PATH")]))
     env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(_libs_dir()), env.get("LD_LIBRARY_PATH")]))
-    # One model instance must not spawn a thread per core for numpy/BLAS on top of onnxruntime's pool.
-    env.setdefault("OMP_NUM_THREADS", "1")
     return env
 
 

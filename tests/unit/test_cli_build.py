@@ -55,5 +55,6 @@ def test_stand_in_builds_from_the_command_line_and_names_itself(tmp_path: Path) 
     result = runner.invoke(app, ["build", "--model", "null", "--out", str(tmp_path / "repo")])
     assert result.exit_code == 0, result.output
     manifest = read_manifest(tmp_path / "repo")
-    assert manifest is not None and manifest["stand_in"]
+    assert manifest is not None
+    assert manifest["stand_in"]
     assert "runtime:" not in result.output

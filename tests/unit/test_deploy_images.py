@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
+from matteserve import container
+
 from ..conftest import extra_installs, installed_tool  # type: ignore[import-not-found]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,6 +93,11 @@ def test_the_gpu_image_is_a_pinned_ngc_triton_with_one_tensorrt_version() -> Non
     assert '"tensorrt==${trt}.*"' in trt
     assert trt.index("tensorrt==") < trt.index("matteserve tensorrt-version")
     assert [a for op, a in ops if op == "ENTRYPOINT"] == ['["/usr/local/bin/triton-gpu-entrypoint.sh"]']
+
+
+def test_the_gpu_image_serves_with_the_allocator_settings_matteserve_serve_uses() -> None:
+    envs = " ".join(a for op, a in instructions(DOCKER / "Dockerfile.triton-gpu") if op == "ENV").split()
+    assert {f"{k}={v}" for k, v in container.MALLOC_ENV.items()} <= set(envs)
 
 
 def test_the_gpu_image_bakes_in_weights_and_photos_and_leaves_out_what_it_does_not_run() -> None:
