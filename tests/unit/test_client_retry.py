@@ -106,7 +106,7 @@ def use_async(target: str, client: dict[str, Any], method: str, *args: Any, **kw
 
 @pytest.fixture(params=[use_sync, use_async], ids=["Client", "AsyncClient"])
 def use(request: pytest.FixtureRequest) -> Use:
-    return request.param  # type: ignore[no-any-return]
+    return request.param
 
 
 @pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED])
