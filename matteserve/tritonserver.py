@@ -167,13 +167,13 @@ def environment() -> dict[str, str]:
 
 
 def die_with_parent(argv: list[str]) -> list[str]:
-    """``argv`` run so that Linux SIGTERMs tritonserver when the thread that started it dies, so a
-    crashed or killed CLI or test run never leaves a server holding its ports. util-linux's setpriv
+    """``argv`` run so that Linux SIGTERMs it (tritonserver, the gateway) when the thread that started it
+    dies, so a crashed or killed CLI or test run never leaves a server holding its ports. util-linux's setpriv
     sets the death signal and execs: a ``preexec_fn`` doing the same runs Python between fork and
     exec, which crashed the child (SIGSEGV) while gRPC's threads ran in the parent."""
     setpriv = shutil.which("setpriv")
     if setpriv is None:
-        logger.warning("setpriv (util-linux) not found: tritonserver will outlive this process if it is killed")
+        logger.warning("setpriv (util-linux) not found: %s will outlive this process if it is killed", argv[0])
         return argv
     return [setpriv, "--pdeathsig", "TERM", "--", *argv]
 

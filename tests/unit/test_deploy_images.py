@@ -4,6 +4,7 @@ compose stack refers only to files, services and ports that exist."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import tomllib
@@ -15,7 +16,7 @@ import yaml
 
 from matteserve import container
 
-from ..conftest import extra_installs, installed_tool  # type: ignore[import-not-found]
+from ..conftest import extra_installs, installed_tool, matteserve_accepts  # type: ignore[import-not-found]
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "deploy" / "docker"
@@ -177,9 +178,26 @@ def test_triton_never_starts_on_a_repository_that_is_not_ready(tmp_path: Path, b
     assert not [c for c in calls if c.startswith("tritonserver")]
 
 
-def test_the_gateway_image_runs_the_gateway_module() -> None:
+def test_the_gateway_image_runs_the_gateway_command() -> None:
     ops = instructions(DOCKER / "Dockerfile.gateway")
-    assert [a for op, a in ops if op == "ENTRYPOINT"] == ['["python", "-m", "matteserve.gateway"]']
+    assert [a for op, a in ops if op == "ENTRYPOINT"] == ['["matteserve", "gateway"]']
+
+
+def test_every_command_line_the_images_and_stacks_give_matteserve_is_one_it_accepts() -> None:
+    entrypoints = {}
+    for dockerfile in DOCKERFILES:
+        ops = dict(instructions(dockerfile))
+        if (entrypoint := json.loads(ops["ENTRYPOINT"]))[0] == "matteserve":
+            entrypoints[dockerfile.name] = entrypoint
+            matteserve_accepts([*entrypoint, *json.loads(ops["CMD"])])
+    checked = 0
+    for compose in STACKS:
+        for service in stack(compose)["services"].values():
+            image = Path(service.get("build", {}).get("dockerfile", "")).name
+            if image in entrypoints and "command" in service:
+                matteserve_accepts([*entrypoints[image], *service["command"]])
+                checked += 1
+    assert (sorted(entrypoints), checked) == (["Dockerfile.cpu", "Dockerfile.gateway"], 2)
 
 
 def stack(path: Path) -> dict[str, Any]:
