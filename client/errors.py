@@ -6,7 +6,7 @@ that catches core errors keeps working; all are ``MatteserveError``.
 
 from __future__ import annotations
 
-import re
+from typing import ClassVar
 
 import grpc
 
@@ -16,6 +16,8 @@ from matteserve.api import REQUEST_ID_KEY
 
 class RemoteError(errors.MatteserveError):
     """The gateway answered with an error status."""
+
+    retryable: ClassVar[bool] = False  # whether the same request, sent again after a pause, may succeed
 
     def __init__(self, message: str, code: grpc.StatusCode, request_id: str | None = None) -> None:
         super().__init__(message)
@@ -34,6 +36,8 @@ class InvalidRequest(RemoteError):
 class Overloaded(RemoteError, errors.Overloaded):
     """RESOURCE_EXHAUSTED: the service is full right now; worth retrying after a pause."""
 
+    retryable = True
+
 
 class MessageTooLarge(RemoteError, errors.ResultTooLarge):
     """The request or its result is larger than one message may carry: OUT_OF_RANGE from the
@@ -42,7 +46,9 @@ class MessageTooLarge(RemoteError, errors.ResultTooLarge):
 
 
 class BackendUnavailable(RemoteError, errors.BackendUnavailable):
-    """UNAVAILABLE: the gateway or every Triton behind it is down."""
+    """UNAVAILABLE: the gateway or every Triton behind it is down (or restarting: worth retrying)."""
+
+    retryable = True
 
 
 class Timeout(RemoteError, errors.Timeout):
@@ -66,25 +72,13 @@ _BY_CODE: dict[grpc.StatusCode, type[RemoteError]] = {
     grpc.StatusCode.PERMISSION_DENIED: Unauthenticated,
 }
 
-# Worth sending again after a pause: nothing was wrong with the request itself.
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
-# gRPC reports a message over a size limit, on either side, as RESOURCE_EXHAUSTED with this text.
-_GRPC_TOO_LARGE = re.compile(r"message larger than max")
-
-
-def too_large(code: grpc.StatusCode, message: str) -> bool:
-    return code is grpc.StatusCode.OUT_OF_RANGE or (
-        code is grpc.StatusCode.RESOURCE_EXHAUSTED and _GRPC_TOO_LARGE.search(message) is not None
-    )
-
-
-def is_retryable(code: grpc.StatusCode, message: str = "") -> bool:
-    """Whether sending the same request again may succeed: never for a request or result too large."""
-    return code in RETRYABLE and not too_large(code, message)
-
 
 def from_status(code: grpc.StatusCode, message: str, request_id: str | None = None) -> RemoteError:
-    kind = MessageTooLarge if too_large(code, message) else _BY_CODE.get(code, ServerError)
+    # gRPC reports a message over a size limit, on either side, as RESOURCE_EXHAUSTED with this text.
+    grpc_too_large = code is grpc.StatusCode.RESOURCE_EXHAUSTED and "message larger than max" in message
+    kind = (
+        MessageTooLarge if code is grpc.StatusCode.OUT_OF_RANGE or grpc_too_large else _BY_CODE.get(code, ServerError)
+    )
     return kind(message, code, request_id)
 
 

@@ -1,7 +1,7 @@
 """The gRPC gateway in front of Triton: ``matteserve.v1.BackgroundRemoval`` with limits, auth and metrics.
 
 ``GatewayProcess(GatewayConfig(tritons=("127.0.0.1:8001",))).start()`` runs one in a child process;
-``python -m matteserve.gateway --help`` lists its options. Its API (proto and stubs) is matteserve.api.
+``matteserve gateway --help`` lists its options. Its API (proto and stubs) is matteserve.api.
 """
 
 from matteserve.gateway.config import GatewayConfig, TLSConfig

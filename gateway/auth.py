@@ -1,6 +1,6 @@
 """API keys: callers send ``authorization: Bearer <key>``; the gateway keeps only SHA-256 hashes.
 
-Keys are long random strings (``python -m matteserve.gateway.auth new``), not passwords, so a plain
+Keys are long random strings (``matteserve api-key new``), not passwords, so a plain
 SHA-256 is enough: nothing to brute-force, and checking stays cheap on every request.
 Hash file: one ``sha256:<64 hex>`` per line, optionally followed by a name; ``#`` starts a comment.
 """
@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import secrets
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +29,7 @@ def parse_hash(text: str, where: str) -> str:
     value = text.strip().lower()
     digest = value.removeprefix(PREFIX)
     if not value.startswith(PREFIX) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-        raise ConfigError(f"{where}: expected 'sha256:<64 hex digits>' (see python -m matteserve.gateway.auth)")
+        raise ConfigError(f"{where}: expected 'sha256:<64 hex digits>' (see matteserve api-key --help)")
     return value
 
 
@@ -82,20 +80,3 @@ class KeyRing:
             matched |= hmac.compare_digest(presented, known)
         if not matched:
             raise Unauthenticated("the API key is not valid")
-
-
-def main(argv: list[str]) -> int:
-    """``new``: print a fresh key and its hash line; ``hash``: hash a key read from stdin."""
-    if argv[:1] == ["new"]:
-        key = secrets.token_urlsafe(32)
-        print(f"key (give to the caller): {key}\nhash (put in the gateway's key file): {hash_key(key)}")
-        return 0
-    if argv[:1] == ["hash"]:
-        print(hash_key(sys.stdin.readline().strip()))
-        return 0
-    print("usage: python -m matteserve.gateway.auth new | hash < key", file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import enum
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from matteserve import api
 from matteserve.errors import MatteserveError
@@ -28,6 +30,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class LogFormat(str, enum.Enum):
+    TEXT = "text"
+    JSON = "json"
+
+
 @dataclass(frozen=True)
 class TLSConfig:
     cert: Path
@@ -35,35 +42,69 @@ class TLSConfig:
     client_ca: Path | None = None  # set: clients must present a certificate signed by it (mutual TLS)
 
 
+def cli(help: str, flag: str | None = None) -> dict[str, Any]:
+    """A field's command-line help: ``matteserve gateway``'s options and the argv that ``GatewayProcess``
+    passes are both derived from the fields. The flag is the field's name in kebab case, without a
+    ``_s`` unit suffix, unless given."""
+    return {"help": help, "flag": flag}
+
+
+def flag_of(f: Field[Any]) -> str:
+    return f.metadata["flag"] or f.name.removesuffix("_s").replace("_", "-")
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
-    tritons: tuple[str, ...] = (DEFAULT_TRITON,)
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = DEFAULT_METRICS_PORT
-    max_message_bytes: int = api.MAX_MESSAGE_BYTES  # received and sent
-    max_pixels: int = ImageLimits.max_pixels
-    max_in_flight: int = 64  # a hard cap on memory; admission below usually refuses well before it
+    tritons: tuple[str, ...] = field(
+        default=(DEFAULT_TRITON,),
+        metadata=cli(
+            "Triton gRPC endpoint host:port, or dns:///name:port for one endpoint per address the name resolves "
+            "to; repeat for several.",
+            flag="triton",
+        ),
+    )
+    host: str = field(default="127.0.0.1", metadata=cli("Address to listen on (non-loopback needs API keys)."))
+    port: int = field(default=DEFAULT_PORT, metadata=cli("gRPC port."))
+    metrics_host: str = field(default="127.0.0.1", metadata=cli("Address of the Prometheus /metrics server."))
+    metrics_port: int = field(default=DEFAULT_METRICS_PORT, metadata=cli("Port of the Prometheus /metrics server."))
+    max_message_bytes: int = field(
+        default=api.MAX_MESSAGE_BYTES,
+        metadata=cli("Largest message received or sent; larger results get OUT_OF_RANGE."),
+    )
+    max_pixels: int = field(default=ImageLimits.max_pixels, metadata=cli("Largest image, in pixels (from its header)."))
+    # A hard cap on memory; admission below usually refuses well before it.
+    max_in_flight: int = field(default=64, metadata=cli("Images worked on at once; more get RESOURCE_EXHAUSTED."))
     # Admission (gateway/admission.py): a request whose estimated wait for the backends exceeds this
     # is refused at once with RESOURCE_EXHAUSTED, so an admitted one waits about this long at most.
-    queue_budget_s: float = 2.0
-    # Images always admitted whatever the estimate: enough to keep the Tritons busy (a batch each).
-    min_in_flight: int = 4
-    # Images of at least this many pixels go to the big lane: a few at a time, and behind small ones.
-    big_image_pixels: int = 8_000_000
-    big_in_flight: int = 1
-    # While no Triton endpoint is ready, a request waits this long (within its deadline) for one.
-    backend_wait_s: float = 15.0
-    # Items of one RemoveStream worked on at once; the stream is not read further until one finishes.
-    stream_window: int = 8
-    triton_timeout_s: float = 120.0  # when the caller sets no deadline
-    health_interval_s: float = 1.0
-    grace_s: float = 20.0
-    api_keys_file: Path | None = None
-    api_key_hashes: tuple[str, ...] = ()  # "sha256:<hex>", e.g. from MATTESERVE_API_KEY_HASHES
-    tls: TLSConfig | None = None
-    json_logs: bool = False
+    queue_budget_s: float = field(
+        default=2.0, metadata=cli("Seconds an image may be expected to wait for Triton; beyond, RESOURCE_EXHAUSTED.")
+    )
+    min_in_flight: int = field(
+        default=4, metadata=cli("Images always admitted, whatever the estimate (keeps the Tritons busy).")
+    )
+    big_image_pixels: int = field(
+        default=8_000_000,
+        metadata=cli("Images of this many pixels or more go to the big lane (a few at a time, lower priority)."),
+    )
+    big_in_flight: int = field(default=1, metadata=cli("Big-lane images worked on at once."))
+    backend_wait_s: float = field(
+        default=15.0, metadata=cli("Seconds a call waits (within its deadline) for a Triton endpoint to be ready.")
+    )
+    # The stream is not read further until one of these finishes.
+    stream_window: int = field(default=8, metadata=cli("Images of one RemoveStream worked on at once."))
+    triton_timeout_s: float = field(default=120.0, metadata=cli("Seconds a call may take when the caller sets none."))
+    health_interval_s: float = field(default=1.0, metadata=cli("Seconds between Triton health checks."))
+    grace_s: float = field(default=20.0, metadata=cli("Seconds in-flight requests get to finish on SIGTERM."))
+    api_keys_file: Path | None = field(default=None, metadata=cli("File of 'sha256:<hex>' API key hashes."))
+    api_key_hashes: tuple[str, ...] = field(
+        default=(), metadata=cli("An API key hash; repeat for several.", flag="api-key-hash")
+    )
+    tls_cert: Path | None = field(default=None, metadata=cli("Server certificate (PEM) to serve TLS."))
+    tls_key: Path | None = field(default=None, metadata=cli("Server private key (PEM)."))
+    tls_client_ca: Path | None = field(default=None, metadata=cli("CA (PEM) client certificates must chain to (mTLS)."))
+    log_format: LogFormat = field(
+        default=LogFormat.TEXT, metadata=cli("json: one object per line, for log collectors.")
+    )
 
     def __post_init__(self) -> None:
         if not self.tritons:
@@ -85,6 +126,8 @@ class GatewayConfig:
                 "--queue-budget must be > 0 s, --backend-wait >= 0 s and --big-in-flight >= 1 "
                 f"(got {self.queue_budget_s}, {self.backend_wait_s}, {self.big_in_flight})"
             )
+        if (self.tls_cert is None) != (self.tls_key is None) or (self.tls_client_ca and self.tls_cert is None):
+            raise ConfigError("TLS needs both --tls-cert and --tls-key (and --tls-client-ca only with them)")
 
     @property
     def address(self) -> str:
@@ -98,34 +141,19 @@ class GatewayConfig:
     def limits(self) -> ImageLimits:
         return ImageLimits(max_pixels=self.max_pixels)
 
+    @property
+    def tls(self) -> TLSConfig | None:
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        return TLSConfig(self.tls_cert, self.tls_key, self.tls_client_ca)
+
     def to_args(self) -> list[str]:
-        """The command-line arguments of ``python -m matteserve.gateway`` that give this config."""
-        args = [f"--triton={t}" for t in self.tritons]
-        args += [
-            f"--host={self.host}",
-            f"--port={self.port}",
-            f"--metrics-host={self.metrics_host}",
-            f"--metrics-port={self.metrics_port}",
-            f"--max-message-bytes={self.max_message_bytes}",
-            f"--max-pixels={self.max_pixels}",
-            f"--max-in-flight={self.max_in_flight}",
-            f"--stream-window={self.stream_window}",
-            f"--queue-budget={self.queue_budget_s}",
-            f"--min-in-flight={self.min_in_flight}",
-            f"--big-image-pixels={self.big_image_pixels}",
-            f"--big-in-flight={self.big_in_flight}",
-            f"--backend-wait={self.backend_wait_s}",
-            f"--triton-timeout={self.triton_timeout_s}",
-            f"--health-interval={self.health_interval_s}",
-            f"--grace={self.grace_s}",
-        ]
-        if self.api_keys_file is not None:
-            args.append(f"--api-keys-file={self.api_keys_file}")
-        args += [f"--api-key-hash={h}" for h in self.api_key_hashes]
-        if self.tls is not None:
-            args += [f"--tls-cert={self.tls.cert}", f"--tls-key={self.tls.key}"]
-            if self.tls.client_ca is not None:
-                args.append(f"--tls-client-ca={self.tls.client_ca}")
-        if self.json_logs:
-            args.append("--log-format=json")
+        """The options of ``matteserve gateway`` that give this config."""
+        args = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            for item in value if isinstance(value, tuple) else (value,):
+                args.append(f"--{flag_of(f)}={item.value if isinstance(item, enum.Enum) else item}")
         return args

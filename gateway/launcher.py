@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from matteserve.errors import BackendUnavailable
 from matteserve.gateway.config import GatewayConfig
+from matteserve.tritonserver import die_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,8 @@ def health_status(target: str, service: str = "", timeout: float = 2.0) -> str:
 
 
 class GatewayProcess:
-    """``python -m matteserve.gateway`` with a given config; ``start()`` waits until it answers."""
+    """``matteserve gateway`` with a given config; ``start()`` waits until it answers. It dies with the
+    thread that started it, so a killed parent never leaves a gateway holding its ports."""
 
     def __init__(self, cfg: GatewayConfig, log_path: Path | None = None, env: dict[str, str] | None = None) -> None:
         self.cfg = cfg
@@ -47,7 +49,7 @@ class GatewayProcess:
     def start(self, timeout: float = 30.0, wait_serving: bool = True) -> GatewayProcess:
         """Start, wait until the port answers health checks (and until SERVING, unless told not to)."""
         log = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
-        cmd = [sys.executable, "-m", "matteserve.gateway", *self.cfg.to_args()]
+        cmd = die_with_parent([sys.executable, "-m", "matteserve", "gateway", *self.cfg.to_args()])
         logger.info("starting gateway: %s", " ".join(cmd))
         self.process = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env or dict(os.environ), start_new_session=True

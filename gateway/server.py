@@ -37,7 +37,7 @@ def check_exposure(cfg: GatewayConfig, keys: KeyRing) -> None:
         if not is_loopback(host):
             raise ConfigError(
                 f"no API keys are configured, so the gateway only binds to loopback, not {host} ({flag}); "
-                "give --api-keys-file or MATTESERVE_API_KEY_HASHES (python -m matteserve.gateway.auth new)"
+                "give --api-keys-file or MATTESERVE_API_KEY_HASHES (matteserve api-key new)"
             )
     logger.warning("no API keys configured: authentication is off, listening on loopback %s only", cfg.address)
 

@@ -17,7 +17,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pickle
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from matteserve import contract, stages
+from matteserve import container, contract, stages
+from matteserve.errors import MatteserveError
 from matteserve.loadtest import triton_metrics
 from matteserve.loadtest.runner import Bounds, closed_loop
 from matteserve.options import OutputFormat, RequestOptions
@@ -71,7 +75,41 @@ def stage_costs(
     repeats: int = 5,
 ) -> list[StageCost]:
     """Core-ms of preprocess and of postprocess per image (median of ``repeats`` per image, mean over
-    the images), for every output format. ``alphas`` are the model's mattes for ``inputs``."""
+    the images), for every output format. ``alphas`` are the model's mattes for ``inputs``.
+
+    Measured in a fresh interpreter with the serving processes' environment (glibc's allocator
+    settings, one thread per instance), as a python stub runs the stages, and with no model runtime's
+    threads charging this process's CPU clock."""
+    args = (size, list(inputs), list(alphas), spec, tuple(formats), repeats)
+    proc = subprocess.run(
+        [sys.executable, "-c", _STAGE_COSTS_CHILD],
+        input=pickle.dumps(args),
+        capture_output=True,
+        env=container.serving_environment(os.environ),
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise MatteserveError(f"measuring the stage costs failed: {proc.stderr.decode(errors='replace')[-2000:]}")
+    costs: list[StageCost] = pickle.loads(proc.stdout)
+    return costs
+
+
+_STAGE_COSTS_CHILD = """
+import pickle, sys
+from matteserve.loadtest import stack
+sys.stdout.buffer.write(pickle.dumps(stack.measure_stages(*pickle.loads(sys.stdin.buffer.read()))))
+"""
+
+
+def measure_stages(
+    size: int,
+    inputs: Sequence[bytes],
+    alphas: Sequence[np.ndarray],
+    spec: ModelSpec,
+    formats: Sequence[OutputFormat],
+    repeats: int,
+) -> list[StageCost]:
+    """:func:`stage_costs` in this process."""
     limits = ImageLimits()
     pre = statistics.mean(
         median_core_ms(partial(stages.preprocess, data, b"", spec, limits), repeats) for data in inputs
@@ -109,7 +147,8 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * _TICK_S  # utime, stime
 
 
-def _children(pid: int) -> list[int]:
+def child_pids(pid: int) -> list[int]:
+    """The pids whose parent is ``pid`` (a tritonserver's children are its python-backend stubs)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -136,7 +175,7 @@ def process_cpu(triton_pid: int) -> dict[str, float]:
     """CPU seconds so far: ``tritonserver`` itself (gRPC, scheduling, the ensemble, tensor copies)
     and each python stub by the model it serves (several instances of one model are added up)."""
     out = {"tritonserver": _cpu_seconds(triton_pid)}
-    for child in _children(triton_pid):
+    for child in child_pids(triton_pid):
         model = _stub_model(child)
         out[model] = out.get(model, 0.0) + _cpu_seconds(child)
     return out

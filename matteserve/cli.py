@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-import enum
+import inspect
 import logging
+import secrets
 import signal
+import sys
 import threading
+import typing
+from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +22,7 @@ from matteserve.build.runtime_choice import MEASURE_SECONDS
 from matteserve.client.remove_cli import remove
 from matteserve.errors import MatteserveError
 from matteserve.extras import missing_extra
+from matteserve.gateway.config import GatewayConfig, LogFormat, flag_of
 from matteserve.loadtest.cli import bench, loadtest
 from matteserve.paths import default_repository
 from matteserve.pipeline.decode import ImageLimits
@@ -29,17 +35,52 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 logger = logging.getLogger("matteserve")
+Command = Callable[..., None]
 
 
-class LogFormat(str, enum.Enum):
-    TEXT = "text"
-    JSON = "json"
-
-
-def setup_logging(verbose: bool = False, fmt: LogFormat = LogFormat.TEXT) -> None:
+def setup_logging(verbose: bool = False, json_format: bool = False) -> None:
     from matteserve.logs import configure
 
-    configure(logging.DEBUG if verbose else logging.INFO, json_format=fmt is LogFormat.JSON)
+    configure(logging.DEBUG if verbose else logging.INFO, json_format=json_format)
+
+
+def gateway_options(prefix: str = "", fixed: tuple[str, ...] = ()) -> Callable[[Command], Command]:
+    """Give a command one option per GatewayConfig field but ``fixed``, named ``--<prefix><flag>``, which
+    it receives in its ``**options`` and turns into a config with ``gateway_config``."""
+    hints = typing.get_type_hints(GatewayConfig)
+    options = []
+    for f in fields(GatewayConfig):
+        if f.name in fixed:
+            continue
+        hint, default = hints[f.name], f.default
+        if hint == tuple[str, ...]:  # a repeated option
+            hint, default = list[str], list(typing.cast(tuple[str, ...], default))
+        option = typer.Option(
+            f"--{prefix.replace('_', '-')}{flag_of(f)}",
+            help=f.metadata["help"],
+            rich_help_panel="Gateway" if prefix else None,
+        )
+        options.append(
+            inspect.Parameter(
+                prefix + f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[hint, option]
+            )
+        )
+
+    def add(command: Command) -> Command:
+        own = inspect.signature(command, eval_str=True)
+        kept = [p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        command.__signature__ = own.replace(parameters=[*kept, *options])  # type: ignore[attr-defined]
+        return command
+
+    return add
+
+
+def gateway_config(options: dict[str, Any], prefix: str = "", **fixed: Any) -> GatewayConfig:
+    """The config given by the options that ``gateway_options(prefix)`` added."""
+    given: dict[str, Any] = {
+        name.removeprefix(prefix): tuple(v) if isinstance(v, list) else v for name, v in options.items()
+    }
+    return GatewayConfig(**given, **fixed)
 
 
 def resolve_spec(
@@ -163,11 +204,12 @@ def build(
         **target_options,
     )
     typer.echo(f"model repository: {path}")
-    if target is Target.CPU and (manifest := read_manifest(path)):
-        typer.echo(f"runtime: {manifest['runtime_choice']['chosen']}")
+    if target is Target.CPU and (choice := (read_manifest(path) or {}).get("runtime_choice")):
+        typer.echo(f"runtime: {choice['chosen']}")
 
 
 @app.command()
+@gateway_options(prefix="gateway_", fixed=("tritons", "max_pixels"))
 def serve(
     model: ModelOpt = zoo.DEFAULT_MODEL,
     repository: Annotated[Path | None, typer.Option(help="Serve this repository instead of building one.")] = None,
@@ -185,25 +227,20 @@ def serve(
     http_port: Annotated[int, typer.Option(help="Triton HTTP port.")] = 8000,
     grpc_port: Annotated[int, typer.Option(help="Triton gRPC port.")] = 8001,
     metrics_port: Annotated[int, typer.Option(help="Triton metrics port.")] = 8002,
-    gateway_address: Annotated[str, typer.Option(help="Address the gRPC gateway binds to.")] = "127.0.0.1",
-    gateway_port: Annotated[int, typer.Option(help="Gateway gRPC port (matteserve.v1 API).")] = 50051,
-    gateway_metrics_port: Annotated[int, typer.Option(help="Gateway Prometheus port.")] = 8090,
-    api_keys_file: Annotated[
-        Path | None, typer.Option(help="Gateway API key hashes; required to bind beyond loopback.")
-    ] = None,
     max_batch_size: MaxBatchOpt = None,
     max_pixels: MaxPixelsOpt = ImageLimits.max_pixels,
     allow_stand_in: Annotated[
         bool, typer.Option(help="Serve a stand-in repository (`build --model null`: a fixed matte, no model).")
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    **gateway: Any,
 ) -> None:
     """Start Triton on the CPU default (building the model repository if missing) and the gRPC gateway
     in front of it, until Ctrl-C."""
     from matteserve.build.builder import build as build_repository
     from matteserve.build.gpu.stamp import check_repository
     from matteserve.build.repository import is_current, read_manifest
-    from matteserve.gateway import GatewayConfig, GatewayProcess
+    from matteserve.gateway import GatewayProcess
     from matteserve.gateway.config import is_loopback
     from matteserve.tritonserver import TritonConfig, TritonServer
 
@@ -211,7 +248,7 @@ def serve(
     if not is_loopback(address) and not expose_triton:
         raise typer.BadParameter(
             f"Triton has no authentication, so it binds to loopback only, not {address}; the gateway "
-            "(--gateway-address, with --api-keys-file) is what callers reach. Add --expose-triton if only "
+            "(--gateway-host, with --gateway-api-keys-file) is what callers reach. Add --expose-triton if only "
             "a private network (a container network, a firewalled subnet) reaches this address.",
             param_hint="--address",
         )
@@ -236,31 +273,63 @@ def serve(
     server = TritonServer(cfg, log_path=repo.parent / f"{repo.name}.triton.log")
     typer.echo(f"starting Triton on {repo} (log: {server.log_path})")
     server.start()
-    gateway_cfg = GatewayConfig(
-        tritons=(cfg.grpc_url,),
-        host=gateway_address,
-        port=gateway_port,
-        metrics_host=gateway_address,
-        metrics_port=gateway_metrics_port,
-        max_pixels=max_pixels,
-        api_keys_file=api_keys_file,
-    )
-    gateway = GatewayProcess(gateway_cfg, log_path=repo.parent / f"{repo.name}.gateway.log")
+    gateway_cfg = gateway_config(gateway, "gateway_", tritons=(cfg.grpc_url,), max_pixels=max_pixels)
+    gateway_process = GatewayProcess(gateway_cfg, log_path=repo.parent / f"{repo.name}.gateway.log")
     try:
         typer.echo(f"Triton ready: gRPC {cfg.grpc_url}  HTTP {cfg.http_url}  metrics {cfg.metrics_url}")
-        gateway.start()
+        gateway_process.start()
         typer.echo(f"gateway ready: gRPC {gateway_cfg.address}  metrics {gateway_cfg.metrics_url}")
-        typer.echo(f"  (log: {gateway.log_path})")
+        typer.echo(f"  (log: {gateway_process.log_path})")
         typer.echo("Ctrl-C to stop")
         while not stop.wait(1.0):
             if server.process is None or server.process.poll() is not None:
                 raise MatteserveError(f"tritonserver exited; see {server.log_path}")
-            if gateway.process is None or gateway.process.poll() is not None:
-                raise MatteserveError(f"the gateway exited; see {gateway.log_path}")
+            if gateway_process.process is None or gateway_process.process.poll() is not None:
+                raise MatteserveError(f"the gateway exited; see {gateway_process.log_path}")
     finally:
         typer.echo("stopping")
-        gateway.stop()
+        gateway_process.stop()
         server.stop()
+
+
+@app.command("gateway")
+@gateway_options()
+def run_gateway(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    **options: Any,
+) -> None:
+    """Serve matteserve.v1.BackgroundRemoval over gRPC in front of one or more Triton servers, until
+    SIGTERM (`serve` starts one next to its own Triton)."""
+    import asyncio
+
+    from matteserve.gateway.server import serve as serve_gateway
+
+    cfg = gateway_config(options)
+    setup_logging(verbose, json_format=cfg.log_format is LogFormat.JSON)
+    asyncio.run(serve_gateway(cfg))
+
+
+api_key = typer.Typer(
+    help="API keys for the gateway, which stores only their hashes (--api-keys-file).", no_args_is_help=True
+)
+app.add_typer(api_key, name="api-key")
+
+
+@api_key.command("new")
+def new_api_key() -> None:
+    """Print a fresh key, to give to the caller, and its hash, for the gateway's key file."""
+    from matteserve.gateway.auth import hash_key
+
+    key = secrets.token_urlsafe(32)
+    typer.echo(f"key (give to the caller): {key}\nhash (put in the gateway's key file): {hash_key(key)}")
+
+
+@api_key.command("hash")
+def hash_api_key() -> None:
+    """Print the hash of the key read from stdin (not an argument: it would stay in the shell's history)."""
+    from matteserve.gateway.auth import hash_key
+
+    typer.echo(hash_key(sys.stdin.readline().strip()))
 
 
 @app.command("check-engine")

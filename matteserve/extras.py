@@ -18,6 +18,7 @@ EXTRA_OF_MODULE = {
     "onnx": "server",
     "onnxruntime": "server",
     "fpng": "server",
+    "cv2": "server",
     "openvino": "server",
     "matplotlib": "loadtest",
     "skimage": "loadtest",

@@ -64,11 +64,10 @@ def postprocess(data: bytes, raw_options: bytes, alpha: np.ndarray, limits: deco
     size = decode.oriented_size(img)
     if alpha.dtype != np.uint8:
         alpha = tensor.alpha_to_uint8(alpha)
-    mask = output.upsample_alpha(alpha, size)
+    matte = output.upsample_alpha(alpha, size)
     fmt = options.format
     if fmt in (OutputFormat.PNG, OutputFormat.WEBP):
         rgba = decode.decode_rgba(img, data)
-        matte = np.asarray(mask)
         if options.refine:
             matte = refine.guided_refine(matte, refine.luma(rgba))
         if decode.has_alpha(img):
@@ -81,7 +80,8 @@ def postprocess(data: bytes, raw_options: bytes, alpha: np.ndarray, limits: deco
     elif fmt is OutputFormat.JPEG or options.refine:
         rgb = output.rgbx_image(decode.decode_rgba(img, data))
     if options.refine and rgb is not None:
-        mask = Image.fromarray(refine.guided_refine(np.asarray(mask), refine.luma(np.asarray(rgb))), "L")
+        matte = refine.guided_refine(matte, refine.luma(np.asarray(rgb)))
+    mask = Image.fromarray(matte, "L")
     if source_alpha is not None:
         mask = ImageChops.multiply(mask, source_alpha)
     if rgb is not None and fmt is OutputFormat.JPEG:

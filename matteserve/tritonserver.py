@@ -152,7 +152,7 @@ def command(cfg: TritonConfig) -> list[str]:
 
 def environment() -> dict[str, str]:
     """The stub runs the system libpython; it needs this environment's packages and matteserve."""
-    env = dict(os.environ)
+    env = container.serving_environment(os.environ)
     package_root = Path(matteserve.__file__).resolve().parent.parent
     paths = [str(package_root), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
     if env.get("PYTHONPATH"):
@@ -163,19 +163,17 @@ def environment() -> dict[str, str]:
     # there (a venv's pyvenv.cfg then brings its site-packages), activated shell or not.
     env["PATH"] = os.pathsep.join(filter(None, [str(Path(sys.executable).parent), env.get("PATH")]))
     env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(_libs_dir()), env.get("LD_LIBRARY_PATH")]))
-    # One model instance must not spawn a thread per core for numpy/BLAS on top of onnxruntime's pool.
-    env.setdefault("OMP_NUM_THREADS", "1")
     return env
 
 
 def die_with_parent(argv: list[str]) -> list[str]:
-    """``argv`` run so that Linux SIGTERMs tritonserver when the thread that started it dies, so a
-    crashed or killed CLI or test run never leaves a server holding its ports. util-linux's setpriv
+    """``argv`` run so that Linux SIGTERMs it (tritonserver, the gateway) when the thread that started it
+    dies, so a crashed or killed CLI or test run never leaves a server holding its ports. util-linux's setpriv
     sets the death signal and execs: a ``preexec_fn`` doing the same runs Python between fork and
     exec, which crashed the child (SIGSEGV) while gRPC's threads ran in the parent."""
     setpriv = shutil.which("setpriv")
     if setpriv is None:
-        logger.warning("setpriv (util-linux) not found: tritonserver will outlive this process if it is killed")
+        logger.warning("setpriv (util-linux) not found: %s will outlive this process if it is killed", argv[0])
         return argv
     return [setpriv, "--pdeathsig", "TERM", "--", *argv]
 

@@ -47,6 +47,17 @@ def installed_tool(name: str, installed_by: str) -> str:
     return found
 
 
+def matteserve_accepts(argv: list[str]) -> None:
+    """Parse ``matteserve SUBCOMMAND ...`` as the command would, without running it; an option it does
+    not have, or a value of the wrong type, raises."""
+    import typer
+
+    from matteserve.cli import app
+
+    assert argv[0] == "matteserve", argv
+    typer.main.get_command(app).commands[argv[1]].make_context(argv[1], argv[2:])  # type: ignore[attr-defined]
+
+
 def extra_installs(extra: str) -> set[str]:
     """The distributions ``pip install matteserve[extra]`` brings (canonical names), following the
     matteserve[...] extras inside it."""

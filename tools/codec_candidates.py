@@ -79,7 +79,7 @@ def main() -> None:
         kept, cleared = [], []
         for data, alpha in zip(photos, alphas, strict=True):
             rgba = decode.decode_rgba(decode.open_image(data, LIMITS), data)
-            matte = np.asarray(output.upsample_alpha(alpha, (size, size)))
+            matte = output.upsample_alpha(alpha, (size, size))
             k, c = rgba.copy(), rgba.copy()
             output.put_matte(k, matte, clear=False)
             output.put_matte(c, matte, clear=True)

@@ -152,13 +152,15 @@ def stub_python(site: Path, work: Path) -> Path:
 
 
 def triton_env(site: Path, python_bin: Path) -> dict[str, str]:
-    """The stub's embedded Python must find the bundled packages and this host's numpy."""
-    env = dict(os.environ)
+    """The stub's embedded Python must find the bundled packages and this host's numpy; the
+    allocator and thread settings are the served ones."""
+    from matteserve import container  # bundled; imports nothing beyond the standard library
+
+    env = container.serving_environment(os.environ)
     env["PATH"] = os.pathsep.join(filter(None, [str(python_bin), env.get("PATH")]))
     env["LD_LIBRARY_PATH"] = os.pathsep.join(
         filter(None, [str(site / "nvidia_pytriton.libs"), env.get("LD_LIBRARY_PATH")])
     )
-    env.setdefault("OMP_NUM_THREADS", "1")
     return env
 
 

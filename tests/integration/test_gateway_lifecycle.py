@@ -1,9 +1,13 @@
-"""TLS and mutual TLS, JSON logs that carry the request id, and a graceful SIGTERM."""
+"""TLS and mutual TLS, JSON logs that carry the request id, a graceful SIGTERM, and no gateway left behind
+by a killed parent."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -14,10 +18,11 @@ import pytest
 
 from matteserve.client import TLS, Client, RemoveResult, RetryPolicy
 from matteserve.client.errors import BackendUnavailable
-from matteserve.gateway import GatewayProcess, TLSConfig
+from matteserve.gateway import GatewayProcess
+from matteserve.gateway.config import LogFormat
 from matteserve.tritonserver import TritonServer
 
-from ..conftest import installed_tool, start_gateway  # type: ignore[import-not-found]
+from ..conftest import free_port, installed_tool, start_gateway  # type: ignore[import-not-found]
 
 NO_RETRY = RetryPolicy(attempts=1)
 
@@ -45,8 +50,8 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_tls_serves_a_client_that_trusts_the_ca(
     triton: TritonServer, certs: Path, tmp_path: Path, make_photo: Callable[..., bytes]
 ) -> None:
-    tls = TLSConfig(certs / "server.pem", certs / "server.key")
-    with start_gateway([triton.cfg.grpc_url], tmp_path, tls=tls) as gw:
+    tls = {"tls_cert": certs / "server.pem", "tls_key": certs / "server.key"}
+    with start_gateway([triton.cfg.grpc_url], tmp_path, **tls) as gw:
         with Client(gw.target, tls=TLS(certs / "ca.pem")) as client:
             assert client.remove(make_photo(64, 64), format="mask").width == 64
         with Client(gw.target, retry=NO_RETRY) as plaintext, pytest.raises(BackendUnavailable):
@@ -56,8 +61,8 @@ def test_tls_serves_a_client_that_trusts_the_ca(
 def test_mutual_tls_refuses_a_client_without_a_certificate(
     triton: TritonServer, certs: Path, tmp_path: Path, make_photo: Callable[..., bytes]
 ) -> None:
-    tls = TLSConfig(certs / "server.pem", certs / "server.key", client_ca=certs / "ca.pem")
-    with start_gateway([triton.cfg.grpc_url], tmp_path, tls=tls) as gw:
+    tls = {"tls_cert": certs / "server.pem", "tls_key": certs / "server.key", "tls_client_ca": certs / "ca.pem"}
+    with start_gateway([triton.cfg.grpc_url], tmp_path, **tls) as gw:
         mutual = TLS(certs / "ca.pem", client_cert=certs / "client.pem", client_key=certs / "client.key")
         with Client(gw.target, tls=mutual) as client:
             assert client.remove(make_photo(64, 64), format="mask").height == 64
@@ -77,7 +82,7 @@ def in_flight(gw: GatewayProcess) -> float:
 def test_sigterm_finishes_the_request_in_flight_then_exits_and_json_logs_carry_its_request_id(
     triton: TritonServer, tmp_path: Path, make_photo: Callable[..., bytes]
 ) -> None:
-    gw = start_gateway([triton.cfg.grpc_url], tmp_path, json_logs=True, grace_s=30.0)
+    gw = start_gateway([triton.cfg.grpc_url], tmp_path, log_format=LogFormat.JSON, grace_s=30.0)
     photo = make_photo(1600, 1200)  # big enough to be still running when SIGTERM arrives
     outcome: dict[str, RemoveResult | Exception] = {}
 
@@ -114,3 +119,40 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_and_json_logs_carry_i
     assert mine[-1]["method"] == "Remove"
     assert {"ts", "level", "logger", "message", "duration_ms", "endpoint"} <= set(mine[-1])
     assert any("shutting down: 1 request(s) in flight" in r["message"] for r in records)
+
+
+# Starts a gateway (no Triton behind it: it answers NOT_SERVING), prints its pid, then waits to be killed.
+PARENT = """
+import sys
+from matteserve.gateway import GatewayConfig, GatewayProcess
+
+cfg = GatewayConfig(tritons=("127.0.0.1:1",), port=int(sys.argv[1]), metrics_port=int(sys.argv[2]), grace_s=5)
+print(GatewayProcess(cfg).start(wait_serving=False).process.pid, flush=True)
+sys.stdin.read()
+"""
+
+
+def running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_the_gateway_dies_when_the_process_that_started_it_is_killed() -> None:
+    args = [sys.executable, "-c", PARENT, str(free_port()), str(free_port())]
+    parent = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    gateway = int(parent.stdout.readline())
+    try:
+        assert "gateway" in Path(f"/proc/{gateway}/cmdline").read_text().split("\0")
+        parent.kill()  # SIGKILL: the parent gets no chance to stop its child
+        parent.wait()
+        deadline = time.monotonic() + 30
+        while running(gateway):
+            assert time.monotonic() < deadline, "the gateway outlived the process that started it"
+            time.sleep(0.1)
+    finally:
+        if running(gateway):
+            os.kill(gateway, signal.SIGKILL)

@@ -19,6 +19,7 @@ from PIL import Image
 from matteserve import contract, stand_in
 from matteserve.build.builder import build
 from matteserve.build.repository import read_manifest
+from matteserve.pipeline import output
 from matteserve.zoo import get_spec
 
 from ..conftest import free_port  # type: ignore[import-not-found]
@@ -77,8 +78,8 @@ def test_the_stand_in_serves_its_fixed_matte_at_every_images_size(
 
         raw, meta = infer(make_photo(640, 480), b'{"format": "raw"}')
         assert (meta.width, meta.height) == (640, 480)
-        expected = Image.fromarray(stand_in.fixed_matte(320, 320), "L").resize((640, 480), Image.Resampling.BILINEAR)
-        np.testing.assert_array_equal(np.frombuffer(raw, np.uint8).reshape(480, 640), np.asarray(expected))
+        expected = output.upsample_alpha(stand_in.fixed_matte(320, 320), (640, 480))
+        np.testing.assert_array_equal(np.frombuffer(raw, np.uint8).reshape(480, 640), expected)
         png, _ = infer(make_photo(300, 200, "coffee"), b'{"format": "png"}')
         cutout = Image.open(io.BytesIO(png))
         assert (cutout.mode, cutout.size) == ("RGBA", (300, 200))

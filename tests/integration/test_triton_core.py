@@ -7,6 +7,7 @@ import re
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,8 +15,10 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
+from matteserve import container
 from matteserve.build.weights import weights_path
 from matteserve.contract import Meta
+from matteserve.loadtest import stack
 from matteserve.tritonserver import TritonServer
 from matteserve.zoo import get_spec
 
@@ -140,3 +143,12 @@ def test_concurrent_requests_are_batched(
     executions = metric(triton, "nv_inference_exec_count", "matting") - before["nv_inference_exec_count"]
     assert inferences == 12
     assert executions < inferences, f"{executions} model executions for {inferences} images: nothing was batched"
+
+
+def test_tritonserver_and_every_stub_run_with_the_served_allocator_settings(triton: TritonServer) -> None:
+    assert triton.process is not None
+    pids = [triton.process.pid, *stack.child_pids(triton.process.pid)]
+    assert len(pids) >= 4, "tritonserver and a stub per python model instance"
+    for pid in pids:
+        environ = set(Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"))
+        assert {f"{k}={v}".encode() for k, v in container.MALLOC_ENV.items()} <= environ, pid

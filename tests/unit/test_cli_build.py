@@ -48,3 +48,13 @@ def test_bad_mean_says_what_was_wrong(tmp_path: Path) -> None:
             "--mean", "a,b", "--std", "1", "--scaling", "unit"]  # fmt: skip
     result = runner.invoke(app, args)
     assert "--mean must be 1 or 3 comma-separated numbers" in str(result.exception)
+
+
+def test_stand_in_builds_from_the_command_line_and_names_itself(tmp_path: Path) -> None:
+    # The stand-in has no runtime to choose: the build must not look for one in its manifest.
+    result = runner.invoke(app, ["build", "--model", "null", "--out", str(tmp_path / "repo")])
+    assert result.exit_code == 0, result.output
+    manifest = read_manifest(tmp_path / "repo")
+    assert manifest is not None
+    assert manifest["stand_in"]
+    assert "runtime:" not in result.output

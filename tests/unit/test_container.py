@@ -110,3 +110,11 @@ def test_triton_gets_a_shm_region_sized_for_the_repository_python_instances(tmp_
     result = CliRunner().invoke(app, ["python-shm", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert int(result.output) == container.python_shm_bytes(instances, container.dev_shm_bytes())
+
+
+def test_serving_processes_keep_image_sized_buffers_unless_told_otherwise() -> None:
+    env = container.serving_environment({"PATH": "/bin"})
+    assert env == {"PATH": "/bin", "OMP_NUM_THREADS": "1", **container.MALLOC_ENV}
+    assert int(env["MALLOC_MMAP_THRESHOLD_"]) == 32 * 2**20  # glibc refuses more
+    mine = container.serving_environment({"MALLOC_TRIM_THRESHOLD_": "0", "OMP_NUM_THREADS": "4"})
+    assert (mine["MALLOC_TRIM_THRESHOLD_"], mine["OMP_NUM_THREADS"]) == ("0", "4")

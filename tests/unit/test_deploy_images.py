@@ -4,6 +4,7 @@ compose stack refers only to files, services and ports that exist."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import tomllib
@@ -13,7 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from ..conftest import extra_installs, installed_tool  # type: ignore[import-not-found]
+from matteserve import container
+
+from ..conftest import extra_installs, installed_tool, matteserve_accepts  # type: ignore[import-not-found]
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "deploy" / "docker"
@@ -93,6 +96,11 @@ def test_the_gpu_image_is_a_pinned_ngc_triton_with_one_tensorrt_version() -> Non
     assert [a for op, a in ops if op == "ENTRYPOINT"] == ['["/usr/local/bin/triton-gpu-entrypoint.sh"]']
 
 
+def test_the_gpu_image_serves_with_the_allocator_settings_matteserve_serve_uses() -> None:
+    envs = " ".join(a for op, a in instructions(DOCKER / "Dockerfile.triton-gpu") if op == "ENV").split()
+    assert {f"{k}={v}" for k, v in container.MALLOC_ENV.items()} <= set(envs)
+
+
 def test_the_gpu_image_bakes_in_weights_and_photos_and_leaves_out_what_it_does_not_run() -> None:
     ops = instructions(DOCKER / "Dockerfile.triton-gpu")
     names = extra_installs("gpu")
@@ -170,9 +178,26 @@ def test_triton_never_starts_on_a_repository_that_is_not_ready(tmp_path: Path, b
     assert not [c for c in calls if c.startswith("tritonserver")]
 
 
-def test_the_gateway_image_runs_the_gateway_module() -> None:
+def test_the_gateway_image_runs_the_gateway_command() -> None:
     ops = instructions(DOCKER / "Dockerfile.gateway")
-    assert [a for op, a in ops if op == "ENTRYPOINT"] == ['["python", "-m", "matteserve.gateway"]']
+    assert [a for op, a in ops if op == "ENTRYPOINT"] == ['["matteserve", "gateway"]']
+
+
+def test_every_command_line_the_images_and_stacks_give_matteserve_is_one_it_accepts() -> None:
+    entrypoints = {}
+    for dockerfile in DOCKERFILES:
+        ops = dict(instructions(dockerfile))
+        if (entrypoint := json.loads(ops["ENTRYPOINT"]))[0] == "matteserve":
+            entrypoints[dockerfile.name] = entrypoint
+            matteserve_accepts([*entrypoint, *json.loads(ops["CMD"])])
+    checked = 0
+    for compose in STACKS:
+        for service in stack(compose)["services"].values():
+            image = Path(service.get("build", {}).get("dockerfile", "")).name
+            if image in entrypoints and "command" in service:
+                matteserve_accepts([*entrypoints[image], *service["command"]])
+                checked += 1
+    assert (sorted(entrypoints), checked) == (["Dockerfile.cpu", "Dockerfile.gateway"], 2)
 
 
 def stack(path: Path) -> dict[str, Any]:

@@ -23,6 +23,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from ..conftest import matteserve_accepts  # type: ignore[import-not-found]
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = ("cpu-dev", "gpu-prod")
@@ -221,6 +223,7 @@ def test_cpu_dev_runs_the_cpu_image_without_gpus() -> None:
     assert triton["image"].startswith("matteserve/cpu:")
     assert triton["command"] == ["matteserve", "serve"]
     assert "--address=0.0.0.0" in triton["args"]
+    matteserve_accepts([*triton["command"], *triton["args"]])
     assert "nvidia.com/gpu" not in str(triton["resources"])
 
 
@@ -235,6 +238,7 @@ def test_the_gateway_targets_the_headless_triton_service(overlay: str) -> None:
     assert triton == f"dns:///matteserve-triton.{namespace}.svc.cluster.local:8001"
     assert "--host=0.0.0.0" in args
     assert any(a.startswith("--api-keys-file=") for a in args)
+    matteserve_accepts(["matteserve", "gateway", *args])  # the gateway image's entrypoint
 
 
 def test_only_the_gateway_reaches_triton_inference_ports() -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from matteserve.cli import app
 from matteserve.errors import Unauthenticated
-from matteserve.gateway.auth import ENV_HASHES, KeyRing, hash_key, main
+from matteserve.gateway.auth import ENV_HASHES, KeyRing, hash_key
 from matteserve.gateway.config import ConfigError, GatewayConfig, is_loopback
 from matteserve.gateway.server import check_exposure
 
@@ -73,8 +75,14 @@ def test_loopback_addresses_are_recognised(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
 
 
-def test_new_prints_a_key_and_the_hash_to_store(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["new"]) == 0
-    out = capsys.readouterr().out
-    key = out.split("key (give to the caller): ")[1].split()[0]
-    assert hash_key(key) in out
+def test_api_key_new_prints_a_key_and_the_hash_to_store() -> None:
+    result = CliRunner().invoke(app, ["api-key", "new"])
+    assert result.exit_code == 0, result.output
+    key = result.stdout.split("key (give to the caller): ")[1].split()[0]
+    assert f"hash (put in the gateway's key file): {hash_key(key)}" in result.stdout
+
+
+def test_api_key_hash_hashes_the_key_read_from_stdin() -> None:
+    result = CliRunner().invoke(app, ["api-key", "hash"], input="alpha\n")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == hash_key("alpha") + "\n"

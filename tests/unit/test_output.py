@@ -19,7 +19,7 @@ def scene() -> tuple[Image.Image, Image.Image]:
     rgb = Image.new("RGB", SIZE, (200, 30, 30))
     alpha = np.zeros((64, 64), dtype=np.uint8)
     alpha[:, 32:] = 255  # right half is foreground
-    return rgb, upsample_alpha(alpha, SIZE)
+    return rgb, Image.fromarray(upsample_alpha(alpha, SIZE), "L")
 
 
 def rgba_of(rgb: Image.Image, mask: Image.Image) -> np.ndarray:
@@ -28,9 +28,24 @@ def rgba_of(rgb: Image.Image, mask: Image.Image) -> np.ndarray:
 
 def test_upsample_alpha_to_the_original_size() -> None:
     mask = upsample_alpha(np.full((320, 320), 7, np.uint8), (1024, 683))
-    assert mask.mode == "L"
-    assert mask.size == (1024, 683)
-    assert np.asarray(mask).min() == 7 == np.asarray(mask).max()
+    assert mask.shape == (683, 1024)
+    assert mask.dtype == np.uint8
+    assert mask.min() == 7 == mask.max()
+
+
+@pytest.mark.parametrize("size", [(1024, 1024), (2048, 1365), (320, 333), (200, 120), (100, 900)])
+def test_upsampled_alpha_is_pillows_bilinear_to_within_rounding(size: tuple[int, int]) -> None:
+    """Enlarging runs OpenCV's resize, shrinking (a side below the model's) Pillow's; both give the
+    bilinear filter the served matte is defined by."""
+    rng = np.random.default_rng(1)
+    alpha = np.zeros((320, 320), np.uint8)
+    alpha[80:240, 60:260] = 255
+    alpha[::7] = rng.integers(0, 256, (46, 320), dtype=np.uint8)  # edges and soft values everywhere
+    pillow = np.asarray(Image.fromarray(alpha, "L").resize(size, Image.Resampling.BILINEAR)).astype(int)
+    ours = upsample_alpha(alpha, size)
+    assert ours.shape == (size[1], size[0])
+    assert np.abs(ours - pillow).max() <= 1
+    assert np.mean(ours != pillow) < 0.05
 
 
 def test_png_cutout_is_rgba_with_straight_alpha() -> None:
@@ -146,3 +161,12 @@ def test_colours_in_hex_or_decimal() -> None:
     assert parse_colour("10,20,30") == (10, 20, 30)
     with pytest.raises(InvalidOptions):
         parse_colour("300,0,0")
+
+
+def test_without_opencv_the_matte_is_enlarged_by_pillow(monkeypatch: pytest.MonkeyPatch) -> None:
+    from matteserve.pipeline import output
+
+    alpha = np.random.default_rng(2).integers(0, 256, (320, 320), dtype=np.uint8)
+    monkeypatch.setattr(output, "cv2", None)
+    pillow = np.asarray(Image.fromarray(alpha, "L").resize((1024, 768), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(upsample_alpha(alpha, (1024, 768)), pillow)

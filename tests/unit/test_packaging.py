@@ -112,13 +112,13 @@ def test_the_gateway_extra_runs_the_gateway_without_triton_or_the_model_runtimes
 ) -> None:
     python = fresh_venv(tmp_path / "venv", f"{clean_copy}[gateway]")
 
-    usage = run_in(python, "-m", "matteserve.gateway", "--help")
+    matteserve = python.parent / "matteserve"
+    usage = run_in(matteserve, "gateway", "--help")
     assert usage.returncode == 0, usage.stderr
     assert "--triton" in usage.stdout
     probe = run_in(python, "-c", "import matteserve.gateway.server\n" + CLIENT_PROBE)
     assert probe.returncode == 0, probe.stderr
     assert not SERVER_RUNTIMES & {canonicalize_name(name) for name in json.loads(probe.stdout)["installed"]}
-    matteserve = python.parent / "matteserve"
     assert run_in(matteserve, "remove", "--help").returncode == 0
     # A server subcommand gets as far as importing the server side, and says what to install.
     build = run_in(matteserve, "build", "--out", str(tmp_path / "repository"))
