@@ -96,8 +96,11 @@ def test_the_gpu_image_is_a_pinned_ngc_triton_with_one_tensorrt_version() -> Non
     assert [a for op, a in ops if op == "ENTRYPOINT"] == ['["/usr/local/bin/triton-gpu-entrypoint.sh"]']
 
 
-def test_the_gpu_image_serves_with_the_allocator_settings_matteserve_serve_uses() -> None:
-    envs = " ".join(a for op, a in instructions(DOCKER / "Dockerfile.triton-gpu") if op == "ENV").split()
+@pytest.mark.parametrize("image", ["Dockerfile.triton-gpu", "Dockerfile.gateway"])
+def test_images_that_start_a_server_directly_give_it_the_allocator_settings_serve_uses(image: str) -> None:
+    """`matteserve serve` (the CPU image) sets them in code; these two images start their server
+    without it."""
+    envs = " ".join(a for op, a in instructions(DOCKER / image) if op == "ENV").split()
     assert {f"{k}={v}" for k, v in container.MALLOC_ENV.items()} <= set(envs)
 
 
