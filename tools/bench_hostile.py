@@ -18,11 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import struct
 import tempfile
 import time
 import urllib.request
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,7 +36,9 @@ from matteserve.client.common import build_request
 from matteserve.errors import MatteserveError
 from matteserve.gateway import GatewayConfig, GatewayProcess
 from matteserve.gateway.auth import hash_key
+from matteserve.loadtest import hostile
 from matteserve.loadtest.bench import free_port
+from matteserve.loadtest.hostile import png_bomb, png_chunk, png_with
 from matteserve.loadtest.images import photo_jpeg
 from matteserve.pipeline.decode import ImageLimits, open_image
 from matteserve.tritonserver import TritonConfig, TritonServer
@@ -48,28 +48,10 @@ ONCE = RetryPolicy(attempts=1)
 MiB = 1024 * 1024
 
 
-def png_bomb(side: int) -> bytes:
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    packer = zlib.compressobj(9)
-    rows = bytes(1 + side // 8) * 1000
-    idat = b"".join(packer.compress(rows) for _ in range(side // 1000)) + packer.flush()
-    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
 def header_costs() -> None:
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 48)).save(buf, "PNG")
-    png = buf.getvalue()
-    idat = png.index(b"IDAT") - 4
     cases = {
         "PNG bomb 60000x60000 1-bit (437 KB)": png_bomb(60000),
-        "PNG with 500k tEXt chunks": png[:idat] + chunk(b"tEXt", b"k\x00v") * 500_000 + png[idat:],
+        "PNG with 500k tEXt chunks": png_with(before_idat=png_chunk(b"tEXt", b"k\x00v") * 500_000),
     }
     for name, data in cases.items():
         start = time.process_time()
@@ -83,10 +65,7 @@ def header_costs() -> None:
 
 def peak_rss_mib(gw: GatewayProcess) -> float:
     assert gw.process is not None
-    for line in Path(f"/proc/{gw.process.pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc")
+    return hostile.peak_rss_mib(gw.process.pid)
 
 
 def streamed(gw: GatewayProcess) -> float:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-import struct
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,6 +20,8 @@ from matteserve.client.common import build_request
 from matteserve.client.errors import InvalidRequest, MessageTooLarge, Unauthenticated
 from matteserve.gateway import GatewayProcess
 from matteserve.gateway.auth import hash_key
+from matteserve.loadtest import hostile
+from matteserve.loadtest.hostile import png_bomb
 from matteserve.tritonserver import TritonServer
 
 from ..conftest import gateway_metric, start_gateway  # type: ignore[import-not-found]
@@ -36,25 +36,8 @@ def triton_calls(gw: GatewayProcess) -> float:
 
 
 def peak_rss_mib(gw: GatewayProcess) -> float:
-    """The gateway process's resident-memory high-water mark (VmHWM)."""
     assert gw.process is not None
-    for line in Path(f"/proc/{gw.process.pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
-
-
-def png_bomb(side: int) -> bytes:
-    """A real 1-bit PNG of zeros: 60000 px is the 437 KB file that froze the gateway for 8-10 s."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    packer = zlib.compressobj(9)
-    rows = bytes(1 + side // 8) * 1000
-    idat = b"".join(packer.compress(rows) for _ in range(side // 1000)) + packer.flush()
-    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    return hostile.peak_rss_mib(gw.process.pid)
 
 
 @pytest.fixture(scope="module")
