@@ -17,7 +17,8 @@ from matteserve.build.runtime_choice import MEASURE_SECONDS
 from matteserve.client.remove_cli import remove
 from matteserve.errors import MatteserveError
 from matteserve.extras import missing_extra
-from matteserve.loadtest.cli import bench, loadtest
+from matteserve.loadtest.bench_cli import app as bench_app
+from matteserve.loadtest.cli import loadtest
 from matteserve.paths import default_repository
 from matteserve.pipeline.decode import ImageLimits
 from matteserve.runtimes import Precision, Runtime
@@ -321,7 +322,7 @@ def list_models() -> None:
 
 app.command("remove")(remove)
 app.command("loadtest")(loadtest)
-app.command("bench")(bench)
+app.add_typer(bench_app)
 
 
 def main() -> None:
