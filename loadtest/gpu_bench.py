@@ -66,7 +66,7 @@ def cpu(
     from matteserve.build import onnx_prep, weights
     from matteserve.build.configs import ServingPlan, Target
     from matteserve.build.gpu import graph, parity
-    from matteserve.build.gpu.build import sample_photos
+    from matteserve.build.photos import calibration
     from matteserve.pipeline import tensor
     from matteserve.stages import MattingRunner
 
@@ -74,7 +74,7 @@ def cpu(
     cpu_plan = ServingPlan.for_host(spec, Target.CPU)
     gpu_plan = ServingPlan.for_host(spec, Target.GPU, engine_files=(("9.0", "x"),))
     fp32_bytes, uint8_bytes = pixel_bytes(cpu_plan), pixel_bytes(gpu_plan)
-    pixels = list(parity.sample_pixels(sample_photos(), spec).values())
+    pixels = list(parity.sample_pixels(calibration(), spec).values())
 
     with tempfile.TemporaryDirectory() as tmp:
         prepared = onnx_prep.prepare(weights.weights_path(spec), spec, Path(tmp) / "p.onnx").path

@@ -72,15 +72,10 @@ def jpeg_bytes(img: Image.Image | np.ndarray, quality: int = 90, **save: object)
 
 @pytest.fixture(scope="session")
 def photo_arrays() -> dict[str, np.ndarray]:
-    """Real photos shipped with scikit-image, as HxWx3 uint8."""
-    import skimage.data
+    """Real photos shipped with scikit-image (the build's calibration set), as HxWx3 uint8."""
+    from matteserve.build.photos import calibration
 
-    return {
-        "astronaut": skimage.data.astronaut(),
-        "chelsea": skimage.data.chelsea(),
-        "coffee": skimage.data.coffee(),
-        "rocket": skimage.data.rocket(),
-    }
+    return calibration()
 
 
 @pytest.fixture(scope="session")

@@ -19,10 +19,10 @@ import pytest
 from PIL import Image
 
 from matteserve import contract, stages
-from matteserve.build import configs, onnx_prep, weights
+from matteserve.build import configs, onnx_prep, photos, weights
 from matteserve.build.builder import build
 from matteserve.build.configs import Target
-from matteserve.build.gpu import engine, graph, parity, photos, stamp
+from matteserve.build.gpu import engine, graph, parity, stamp
 from matteserve.build.gpu.build import PhotoSets, prepare_graphs
 from matteserve.options import RequestOptions
 from matteserve.pipeline.decode import ImageLimits
