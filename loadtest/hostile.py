@@ -5,12 +5,18 @@ tools/bench_hostile.py prints what refusing them costs.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import struct
+import time
 import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
+
+from matteserve.errors import MatteserveError
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -53,3 +59,49 @@ def peak_rss_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
+
+
+@dataclass(frozen=True)
+class Refusals:
+    health_s: list[float]  # each health check's latency while the payloads were being refused
+    health_answers: set[str]  # what those checks answered (SERVING)
+    refusal_s: list[float]  # each payload's call, in the payloads' order
+    errors: list[MatteserveError | None]  # what each call raised (None: it was answered)
+
+
+async def refusals_beside_health(target: str, payloads: Sequence[bytes]) -> Refusals:
+    """Send every payload at once on one connection while a prober on its own connection, as a load
+    balancer's, checks the gateway's health every 10 ms: a payload that stalls the gateway's event
+    loop shows up as a slow health check."""
+    from matteserve.client import AsyncClient, RetryPolicy
+
+    health: list[float] = []
+    answers: set[str] = set()
+    done = asyncio.Event()
+
+    async def probe() -> None:
+        async with AsyncClient(target, timeout=10) as prober:
+            await prober.health()
+            while not done.is_set():
+                start = time.perf_counter()
+                answers.add(await prober.health())
+                health.append(time.perf_counter() - start)
+                await asyncio.sleep(0.01)
+
+    async with AsyncClient(target, retry=RetryPolicy(attempts=1), timeout=120) as client:
+        await client.health()
+
+        async def send(data: bytes) -> tuple[float, MatteserveError | None]:
+            start = time.perf_counter()
+            try:
+                await client.remove(data)
+            except MatteserveError as e:
+                return time.perf_counter() - start, e
+            return time.perf_counter() - start, None
+
+        probing = asyncio.create_task(probe())
+        await asyncio.sleep(0.05)
+        sent = await asyncio.gather(*(send(d) for d in payloads))
+        done.set()
+        await probing
+    return Refusals(health, answers, [s for s, _ in sent], [e for _, e in sent])

@@ -16,7 +16,6 @@ the same things; this prints the numbers. Run it on a quiet machine:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import tempfile
 import time
@@ -40,6 +39,7 @@ from matteserve.loadtest import hostile
 from matteserve.loadtest.bench import free_port
 from matteserve.loadtest.hostile import png_bomb, png_chunk, png_with
 from matteserve.loadtest.images import photo_jpeg
+from matteserve.loadtest.stats import LatencySummary
 from matteserve.pipeline.decode import ImageLimits, open_image
 from matteserve.tritonserver import TritonConfig, TritonServer
 from matteserve.zoo import get_spec
@@ -89,39 +89,12 @@ def bombs_beside_health(gw: GatewayProcess) -> None:
     Image.open(io.BytesIO(photo_jpeg("astronaut", 3000))).convert("RGBA").save(buf, "PNG", compress_level=1)
     payloads = [png_bomb(60000), buf.getvalue()] * 4
 
-    async def run() -> tuple[list[float], list[float]]:
-        async with AsyncClient(gw.target, retry=ONCE, timeout=120) as client:
-            await client.health()
-            done = asyncio.Event()
-            health: list[float] = []
-
-            async def probe() -> None:  # on a connection of its own, as a load balancer's probe
-                async with AsyncClient(gw.target, timeout=10) as prober:
-                    await prober.health()
-                    while not done.is_set():
-                        start = time.perf_counter()
-                        await prober.health()
-                        health.append(time.perf_counter() - start)
-                        await asyncio.sleep(0.01)
-
-            async def refused(data: bytes) -> float:
-                start = time.perf_counter()
-                with contextlib.suppress(MatteserveError):
-                    await client.remove(data)
-                return time.perf_counter() - start
-
-            probing = asyncio.create_task(probe())
-            await asyncio.sleep(0.05)
-            refusals = await asyncio.gather(*(refused(d) for d in payloads))
-            done.set()
-            await probing
-            return sorted(health), list(refusals)
-
     before = peak_rss_mib(gw)
-    health, refusals = asyncio.run(run())
+    found = asyncio.run(hostile.refusals_beside_health(gw.target, payloads))
+    health = LatencySummary.of(found.health_s)
     print(
-        f"health during 4 bombs + 4 9 MP PNGs refused: {len(health)} checks, p50 {health[len(health) // 2] * 1000:.1f} "
-        f"ms, max {health[-1] * 1000:.0f} ms; slowest refusal {max(refusals) * 1000:.0f} ms; "
+        f"health during 4 bombs + 4 9 MP PNGs refused: {health.count} checks, p50 {health.p50_ms:.1f} ms, "
+        f"max {health.max_ms:.0f} ms; slowest refusal {max(found.refusal_s) * 1000:.0f} ms; "
         f"gateway peak RSS +{peak_rss_mib(gw) - before:.0f} MiB"
     )
 
