@@ -32,28 +32,25 @@ def test_serve_starts_triton_answers_and_stops_cleanly_on_sigterm(
     assert proc.wait(timeout=60) == 0
 
 
-def _children(pid: int) -> list[int]:
+def _processes(field: int, value: int) -> list[int]:
+    """Live processes whose /proc stat ``field`` (after the name: 0 state, 1 ppid, 2 pgrp) is ``value``."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[1]) == pid:  # fields: state, ppid, pgrp, ...
+        if int(fields[field]) == value and fields[0] != "Z":
             found.append(int(stat.parent.name))
     return found
 
 
+def _children(pid: int) -> list[int]:
+    return _processes(1, pid)
+
+
 def _group(pgid: int) -> list[int]:
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(stat.parent.name))
-    return members
+    return _processes(2, pgid)
 
 
 def test_a_triton_killed_under_serve_leaves_no_stub_and_no_shared_memory_behind(
