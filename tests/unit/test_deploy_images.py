@@ -116,6 +116,24 @@ def test_the_gpu_image_bakes_in_weights_and_photos_and_leaves_out_what_it_does_n
     assert "weights_path(" in runs, "the weights are fetched while the image is built, not at pod start"
 
 
+def test_the_gpu_images_photo_stage_writes_the_builds_photo_sets_without_matteserve(tmp_path: Path) -> None:
+    import sys
+
+    from matteserve.build import photos
+    from matteserve.build.gpu.build import photo_sets
+
+    ops = instructions(DOCKER / "Dockerfile.triton-gpu")
+    (copied,) = [a.split()[0] for op, a in ops if op == "COPY" and a.endswith(" /photos.py")]
+    assert copied == "build/photos.py"
+    # The stage has numpy, Pillow and scikit-image but not matteserve: run the module by path without it.
+    script = "import runpy, sys; sys.modules['matteserve'] = None; sys.argv.pop(0); "
+    script += "runpy.run_path(sys.argv[0], run_name='__main__')"
+    subprocess.run([sys.executable, "-c", script, str(ROOT / copied), str(tmp_path)], check=True, cwd=tmp_path)
+    sets = photo_sets(tmp_path)
+    assert sorted(sets.calibration) == sorted(photos.PHOTOS)
+    assert sorted(sets.gate) == sorted(photos.gate())
+
+
 def fake_tools(tmp_path: Path, build_rc: int = 0, check_rc: int = 0) -> dict[str, str]:
     """A fake `matteserve` and `tritonserver` that write their argv to a log, on a PATH."""
     bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
