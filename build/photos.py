@@ -1,30 +1,49 @@
-"""The held-out photos every parity gate of the build is measured on.
+"""The held-out photos every parity gate of the build is measured on, in three sets, all from
+scikit-image's photographs and composites of cut-outs over flat backgrounds with known alphas, so
+none needs a download:
 
-Real photographs that scikit-image ships (a portrait with hair on a studio backdrop, a cat's fur, a
-product on a table, a rocket against the sky) and composites of cut-out foregrounds over the
-backgrounds product photography uses: pure white, a flat colour and near black. The composites are
-made here from known alphas (scikit-image's round logo, its horse silhouette, a feathered oval around
-the cat's head), so the set needs no download. The build never tunes on these photos: they only
-judge a faster runtime or precision against the FP32 reference.
+- :func:`gate_photos` judges a faster CPU runtime or precision against the FP32 reference: the
+  :data:`PHOTOS` (a portrait with hair on a studio backdrop, a cat's fur, a product on a table, a
+  rocket against the sky) and composites over the backgrounds product photography uses: pure white,
+  a flat colour and near black (scikit-image's round logo, its horse silhouette, a feathered oval
+  around the cat's head). The build never tunes on these photos.
+- :func:`calibration` (the :data:`PHOTOS`) chooses the GPU engine's FP32 islands and :func:`gate`
+  decides whether FP16 is served. Choosing the islands and gating on the same photos would pass
+  whatever the islands were fitted to, so the gate set is a photo not in the calibration set and
+  what product catalogues send: a sharp-edged object (the logo, the horse filled with a real
+  texture) on flat white, grey and dark backgrounds.
+
+This module imports only numpy, Pillow and scikit-image, so an image build runs it on its own
+(``python3 build/photos.py DIR``) and bakes the GPU sets in: the GPU build then needs neither
+scikit-image nor a network.
 """
 
 from __future__ import annotations
 
 import io
+import sys
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from matteserve.errors import ModelError
-from matteserve.loadtest.images import PHOTOS
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+CALIBRATION = "calibration"
+GATE = "gate"
+SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+CANVAS = (480, 640)  # height, width of the composited product shots of the GPU gate
 
-WHITE, FLAT, DARK = (255, 255, 255), (96, 140, 196), (18, 18, 22)
+WHITE, GREY, FLAT, DARK = (255, 255, 255), (128, 128, 128), (96, 140, 196), (18, 18, 22)
+GATE_DARK = (16, 16, 18)  # the GPU gate's, as its published figures were measured
 
 
-def _skimage_data():  # type: ignore[no-untyped-def]
+def _skimage_data() -> ModuleType:
     try:
         import skimage.data
     except ImportError:
+        from matteserve.errors import ModelError
+
         raise ModelError(
             "the build's parity gates run on scikit-image's photos: pip install 'matteserve[loadtest]'"
         ) from None
@@ -32,7 +51,7 @@ def _skimage_data():  # type: ignore[no-untyped-def]
 
 
 def composite(foreground: np.ndarray, alpha: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
-    """``foreground`` (HxWx3 uint8) over a flat ``background`` through ``alpha`` (HxW float in [0, 1])."""
+    """``foreground`` (HxWx3) over a flat ``background`` through ``alpha`` (HxW float in [0, 1])."""
     a = alpha[:, :, None].astype(np.float32)
     out = foreground.astype(np.float32) * a + np.asarray(background, np.float32) * (1.0 - a)
     return np.rint(out).astype(np.uint8)
@@ -47,7 +66,7 @@ def _feathered_oval(width: int, height: int, box: tuple[int, int, int, int], blu
 def gate_photos() -> dict[str, np.ndarray]:
     """Name -> HxWx3 uint8 RGB, at each photo's own size (the gates compare at the model's size)."""
     data = _skimage_data()
-    out: dict[str, np.ndarray] = {name: getattr(data, name)() for name in PHOTOS}
+    out = calibration()
     logo = data.logo()[:, :, :3]  # opaque everywhere: the disc is cut out here
     disc = _feathered_oval(logo.shape[1], logo.shape[0], (12, 12, 488, 488), blur=1)
     out["logo-on-white"] = composite(logo, disc, WHITE)
@@ -73,3 +92,72 @@ def jpeg(pixels: np.ndarray, size: int, quality: int = 90) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=quality)
     return buf.getvalue()
+
+
+def _on_background(rgb: np.ndarray, alpha: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
+    """``rgb`` (hxwx3) with ``alpha`` (hxw, 0..1) centred on a flat ``CANVAS`` of ``background``."""
+    canvas = np.empty((*CANVAS, 3), np.uint8)
+    canvas[:] = background
+    h, w = alpha.shape
+    top, left = (CANVAS[0] - h) // 2, (CANVAS[1] - w) // 2
+    canvas[top : top + h, left : left + w] = composite(rgb, alpha, background)
+    return canvas
+
+
+def _logo() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-image's logo, a disc: its file is opaque white around the disc, so the alpha is the
+    disc itself (radius where the non-white pixels end), anti-aliased over one pixel."""
+    rgb = _skimage_data().logo()[::2, ::2, :3].astype(np.float32)  # 250x250
+    h, w = rgb.shape[:2]
+    y, x = np.mgrid[:h, :w]
+    distance = np.hypot(y - (h - 1) / 2, x - (w - 1) / 2)
+    radius = float(distance[rgb.min(axis=2) < 200].max())
+    return rgb, np.clip(radius - distance + 0.5, 0.0, 1.0)
+
+
+def _horse(texture: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The horse silhouette (a hard-edged object) filled with a real photo's texture."""
+    alpha = (~_skimage_data().horse()).astype(np.float32)  # True is background in the file
+    h, w = alpha.shape
+    return texture[:h, :w].astype(np.float32), alpha
+
+
+def calibration() -> dict[str, np.ndarray]:
+    """scikit-image's colour photos of people, animals and objects in scenes: the :data:`PHOTOS`."""
+    data = _skimage_data()
+    return {name: getattr(data, name)() for name in PHOTOS}
+
+
+def gate() -> dict[str, np.ndarray]:
+    """A photo not in :func:`calibration` and composited product shots on flat backgrounds."""
+    data = _skimage_data()
+    logo_rgb, logo_alpha = _logo()
+    coffee, brick = data.coffee(), np.repeat(data.brick()[..., None], 3, axis=2)
+    horse_brown, horse_alpha = _horse(coffee[30:, 100:])
+    horse_grey, _ = _horse(brick)
+    return {
+        "motorcycle": data.stereo_motorcycle()[0],
+        "logo-white": _on_background(logo_rgb, logo_alpha, WHITE),
+        "logo-grey": _on_background(logo_rgb, logo_alpha, GREY),
+        "logo-dark": _on_background(logo_rgb, logo_alpha, GATE_DARK),
+        "horse-white": _on_background(horse_brown, horse_alpha, WHITE),
+        "horse-dark": _on_background(horse_grey, horse_alpha, GATE_DARK),
+    }
+
+
+def write(folder: Path) -> None:
+    """Both GPU sets as PNG files in ``folder/calibration`` and ``folder/gate``."""
+    for name, photos in ((CALIBRATION, calibration()), (GATE, gate())):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for photo, pixels in photos.items():
+            Image.fromarray(pixels).save(folder / name / f"{photo}.png")
+
+
+def read(folder: Path) -> dict[str, np.ndarray]:
+    """Every photo in ``folder`` as RGB uint8, by file stem; empty when there are none."""
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in SUFFIXES) if folder.is_dir() else []
+    return {p.stem: np.asarray(Image.open(p).convert("RGB")) for p in paths}
+
+
+if __name__ == "__main__":
+    write(Path(sys.argv[1]))

@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from matteserve import container
 from matteserve.errors import BackendUnavailable
 from matteserve.gateway.config import GatewayConfig
 from matteserve.tritonserver import die_with_parent
@@ -34,7 +35,8 @@ def health_status(target: str, service: str = "", timeout: float = 2.0) -> str:
 
 class GatewayProcess:
     """``matteserve gateway`` with a given config; ``start()`` waits until it answers. It dies with the
-    thread that started it, so a killed parent never leaves a gateway holding its ports."""
+    thread that started it, so a killed parent never leaves a gateway holding its ports, and it runs
+    with the serving environment (glibc keeps image-sized buffers: half the gateway's CPU per image)."""
 
     def __init__(self, cfg: GatewayConfig, log_path: Path | None = None, env: dict[str, str] | None = None) -> None:
         self.cfg = cfg
@@ -52,7 +54,11 @@ class GatewayProcess:
         cmd = die_with_parent([sys.executable, "-m", "matteserve", "gateway", *self.cfg.to_args()])
         logger.info("starting gateway: %s", " ".join(cmd))
         self.process = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env or dict(os.environ), start_new_session=True
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=container.serving_environment(self.env or os.environ),
+            start_new_session=True,
         )
         want = {"SERVING"} if wait_serving else {"SERVING", "NOT_SERVING"}
         deadline = time.monotonic() + timeout

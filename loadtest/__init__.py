@@ -5,5 +5,8 @@
 - :mod:`.targets` are what it drives: Triton's ensemble directly, or the gateway through the client;
 - :mod:`.triton_metrics` scrapes Triton's counters before and after each run to say where time went;
 - :mod:`.report` prints and writes the results; :mod:`.perf_analyzer` cross-checks against Triton's
-  own load generator; :mod:`.bench` compares matteserve with the model's ceiling and with rembg.
+  own load generator; :mod:`.bench` compares matteserve with the model's ceiling and with rembg;
+- :mod:`.bench_cli` is ``matteserve bench``, with ``bench gateway`` (the gateway's overhead over
+  Triton) and ``bench gpu`` (:mod:`.gpu_bench`: the uint8 fold, the FP16 gate, engine images/s);
+- :mod:`.hostile` builds the hostile PNGs the tests and tools/bench_hostile.py send.
 """

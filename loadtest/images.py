@@ -11,11 +11,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from matteserve.build.photos import PHOTOS, jpeg
 from matteserve.errors import MatteserveError
 
 logger = logging.getLogger(__name__)
 
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 JPEG_QUALITY = 90
 
 
@@ -36,8 +36,6 @@ def photo_jpeg(photo: str, size: int, quality: int = JPEG_QUALITY) -> bytes:
         ) from e
     import numpy as np
     from PIL import Image
-
-    from matteserve.build.photos import jpeg
 
     return jpeg(np.asarray(Image.fromarray(getattr(skimage.data, photo)()).convert("RGB")), size, quality)
 

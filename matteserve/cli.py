@@ -23,7 +23,8 @@ from matteserve.client.remove_cli import remove
 from matteserve.errors import MatteserveError
 from matteserve.extras import missing_extra
 from matteserve.gateway.config import GatewayConfig, LogFormat, flag_of
-from matteserve.loadtest.cli import bench, loadtest
+from matteserve.loadtest.bench_cli import app as bench_app
+from matteserve.loadtest.cli import loadtest
 from matteserve.paths import default_repository
 from matteserve.pipeline.decode import ImageLimits
 from matteserve.runtimes import Precision, Runtime
@@ -390,7 +391,7 @@ def list_models() -> None:
 
 app.command("remove")(remove)
 app.command("loadtest")(loadtest)
-app.command("bench")(bench)
+app.add_typer(bench_app)
 
 
 def main() -> None:

@@ -6,8 +6,9 @@ import io
 import json
 import os
 import shutil
-import socket
+import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +19,7 @@ from PIL import Image
 
 from matteserve import contract
 from matteserve.build.builder import build
+from matteserve.loadtest.bench import free_port
 from matteserve.tritonserver import TritonConfig, TritonServer
 from matteserve.zoo import get_spec
 
@@ -28,12 +30,6 @@ if TYPE_CHECKING:
 # Max batch for the test repository: fixed, so that batching is exercised whatever the tuner would
 # pick on this machine.
 TEST_MAX_BATCH = 4
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def installed_tool(name: str, installed_by: str) -> str:
@@ -87,15 +83,10 @@ def jpeg_bytes(img: Image.Image | np.ndarray, quality: int = 90, **save: object)
 
 @pytest.fixture(scope="session")
 def photo_arrays() -> dict[str, np.ndarray]:
-    """Real photos shipped with scikit-image, as HxWx3 uint8."""
-    import skimage.data
+    """Real photos shipped with scikit-image (the build's calibration set), as HxWx3 uint8."""
+    from matteserve.build.photos import calibration
 
-    return {
-        "astronaut": skimage.data.astronaut(),
-        "chelsea": skimage.data.chelsea(),
-        "coffee": skimage.data.coffee(),
-        "rocket": skimage.data.rocket(),
-    }
+    return calibration()
 
 
 @pytest.fixture(scope="session")
@@ -200,3 +191,40 @@ def gateway_client(gateway: GatewayProcess) -> Iterator[Client]:
 
     with Client(gateway.target, timeout=120.0) as client:
         yield client
+
+
+def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> list[str]:
+    """The child's output lines up to the first that holds ``needle``; fails if it never comes."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        seen.append(line)
+        if needle in line:
+            return seen
+    raise AssertionError(f"{needle!r} not printed; output so far:\n{''.join(seen)}")
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., tuple[subprocess.Popen[str], int]]]:
+    """Start `matteserve serve REPOSITORY FLAGS...` as a user would, on free ports: (process, Triton's
+    gRPC port). A process a test leaves running is killed when it ends."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(repository: Path, *flags: str, grpc_port: int | None = None) -> tuple[subprocess.Popen[str], int]:
+        grpc_port = grpc_port or free_port()
+        args = [sys.executable, "-m", "matteserve.cli", "serve", "--repository", str(repository), *flags]
+        args += ["--grpc-port", str(grpc_port)]
+        for flag in ("--http-port", "--metrics-port", "--gateway-port", "--gateway-metrics-port"):
+            args += [flag, str(free_port())]
+        started.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        return started[-1], grpc_port
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -16,13 +16,10 @@ the same things; this prints the numbers. Run it on a quiet machine:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
-import struct
 import tempfile
 import time
 import urllib.request
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,8 +35,11 @@ from matteserve.client.common import build_request
 from matteserve.errors import MatteserveError
 from matteserve.gateway import GatewayConfig, GatewayProcess
 from matteserve.gateway.auth import hash_key
+from matteserve.loadtest import hostile
 from matteserve.loadtest.bench import free_port
+from matteserve.loadtest.hostile import png_bomb, png_chunk, png_with
 from matteserve.loadtest.images import photo_jpeg
+from matteserve.loadtest.stats import LatencySummary
 from matteserve.pipeline.decode import ImageLimits, open_image
 from matteserve.tritonserver import TritonConfig, TritonServer
 from matteserve.zoo import get_spec
@@ -48,28 +48,10 @@ ONCE = RetryPolicy(attempts=1)
 MiB = 1024 * 1024
 
 
-def png_bomb(side: int) -> bytes:
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    packer = zlib.compressobj(9)
-    rows = bytes(1 + side // 8) * 1000
-    idat = b"".join(packer.compress(rows) for _ in range(side // 1000)) + packer.flush()
-    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
 def header_costs() -> None:
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 48)).save(buf, "PNG")
-    png = buf.getvalue()
-    idat = png.index(b"IDAT") - 4
     cases = {
         "PNG bomb 60000x60000 1-bit (437 KB)": png_bomb(60000),
-        "PNG with 500k tEXt chunks": png[:idat] + chunk(b"tEXt", b"k\x00v") * 500_000 + png[idat:],
+        "PNG with 500k tEXt chunks": png_with(before_idat=png_chunk(b"tEXt", b"k\x00v") * 500_000),
     }
     for name, data in cases.items():
         start = time.process_time()
@@ -83,10 +65,7 @@ def header_costs() -> None:
 
 def peak_rss_mib(gw: GatewayProcess) -> float:
     assert gw.process is not None
-    for line in Path(f"/proc/{gw.process.pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc")
+    return hostile.peak_rss_mib(gw.process.pid)
 
 
 def streamed(gw: GatewayProcess) -> float:
@@ -110,39 +89,12 @@ def bombs_beside_health(gw: GatewayProcess) -> None:
     Image.open(io.BytesIO(photo_jpeg("astronaut", 3000))).convert("RGBA").save(buf, "PNG", compress_level=1)
     payloads = [png_bomb(60000), buf.getvalue()] * 4
 
-    async def run() -> tuple[list[float], list[float]]:
-        async with AsyncClient(gw.target, retry=ONCE, timeout=120) as client:
-            await client.health()
-            done = asyncio.Event()
-            health: list[float] = []
-
-            async def probe() -> None:  # on a connection of its own, as a load balancer's probe
-                async with AsyncClient(gw.target, timeout=10) as prober:
-                    await prober.health()
-                    while not done.is_set():
-                        start = time.perf_counter()
-                        await prober.health()
-                        health.append(time.perf_counter() - start)
-                        await asyncio.sleep(0.01)
-
-            async def refused(data: bytes) -> float:
-                start = time.perf_counter()
-                with contextlib.suppress(MatteserveError):
-                    await client.remove(data)
-                return time.perf_counter() - start
-
-            probing = asyncio.create_task(probe())
-            await asyncio.sleep(0.05)
-            refusals = await asyncio.gather(*(refused(d) for d in payloads))
-            done.set()
-            await probing
-            return sorted(health), list(refusals)
-
     before = peak_rss_mib(gw)
-    health, refusals = asyncio.run(run())
+    found = asyncio.run(hostile.refusals_beside_health(gw.target, payloads))
+    health = LatencySummary.of(found.health_s)
     print(
-        f"health during 4 bombs + 4 9 MP PNGs refused: {len(health)} checks, p50 {health[len(health) // 2] * 1000:.1f} "
-        f"ms, max {health[-1] * 1000:.0f} ms; slowest refusal {max(refusals) * 1000:.0f} ms; "
+        f"health during 4 bombs + 4 9 MP PNGs refused: {health.count} checks, p50 {health.p50_ms:.1f} ms, "
+        f"max {health.max_ms:.0f} ms; slowest refusal {max(found.refusal_s) * 1000:.0f} ms; "
         f"gateway peak RSS +{peak_rss_mib(gw) - before:.0f} MiB"
     )
 

@@ -30,9 +30,9 @@ import numpy as np
 import onnx
 
 from matteserve import contract
-from matteserve.build import locks, onnx_prep, repository, weights
+from matteserve.build import locks, onnx_prep, photos, repository, weights
 from matteserve.build.configs import ServingPlan, Target
-from matteserve.build.gpu import engine, fp16, graph, parity, photos, stamp, store
+from matteserve.build.gpu import engine, fp16, graph, parity, stamp, store
 from matteserve.errors import ModelError
 from matteserve.pipeline import tensor
 from matteserve.pipeline.decode import ImageLimits
@@ -44,14 +44,6 @@ logger = logging.getLogger(__name__)
 # u2netp-sized convolutions fill an H100 only from batches of a few tens.
 GPU_MAX_BATCH = 32
 PHOTOS_ENV = "MATTESERVE_PARITY_PHOTOS"
-
-
-def sample_photos() -> dict[str, np.ndarray]:
-    """The calibration photos (scikit-image's), for the CPU fold check and the benchmarks."""
-    try:
-        return photos.calibration()
-    except ImportError:
-        raise ModelError("the parity checks use scikit-image's sample photos: pip install scikit-image") from None
 
 
 @dataclass(frozen=True)
@@ -70,15 +62,14 @@ def photo_sets(folder: Path | None = None) -> PhotoSets:
         if not calibration or not gate:
             raise ModelError(
                 f"parity photos {folder}: need .png/.jpg/.webp files in both {photos.CALIBRATION}/ and "
-                f"{photos.GATE}/ (write them with: python build/gpu/photos.py {folder})"
+                f"{photos.GATE}/ (write them with: python build/photos.py {folder})"
             )
         return PhotoSets(calibration, gate)
     try:
         return PhotoSets(photos.calibration(), photos.gate())
-    except ImportError:
+    except ModelError as e:
         raise ModelError(
-            "the GPU build checks parity on photos: give a folder with --parity-photos DIR (the GPU image has "
-            f"them in ${PHOTOS_ENV}) or pip install scikit-image"
+            f"{e}; or give a folder with --parity-photos DIR (the GPU image has them in ${PHOTOS_ENV})"
         ) from None
 
 
@@ -178,11 +169,11 @@ def prepare_graphs(
 
 
 def fold_for_cpu(
-    prepared: Path, spec: ModelSpec, out: Path, photos: dict[str, np.ndarray] | None = None
+    prepared: Path, spec: ModelSpec, out: Path, pictures: dict[str, np.ndarray] | None = None
 ) -> parity.ParityReport:
     """The CPU target's ``fold_input`` graph: simplified and folded (uint8 in, alpha out) in FP32,
     checked against ``prepared`` on photos; raises :class:`ModelError` if it differs."""
-    pixels = parity.sample_pixels(photos or sample_photos(), spec)
+    pixels = parity.sample_pixels(pictures or photos.calibration(), spec)
     with tempfile.TemporaryDirectory() as tmp:
         folded = graph.fold_io(graph.simplify(onnx.load(str(prepared)), spec, Path(tmp)), spec)
     report = parity.check(

@@ -19,10 +19,10 @@ import pytest
 from PIL import Image
 
 from matteserve import contract, stages
-from matteserve.build import configs, onnx_prep, weights
+from matteserve.build import configs, onnx_prep, photos, weights
 from matteserve.build.builder import build
 from matteserve.build.configs import Target
-from matteserve.build.gpu import engine, graph, parity, photos, stamp
+from matteserve.build.gpu import engine, graph, parity, stamp
 from matteserve.build.gpu.build import PhotoSets, prepare_graphs
 from matteserve.options import RequestOptions
 from matteserve.pipeline.decode import ImageLimits
@@ -131,3 +131,16 @@ def test_triton_serves_the_engine_through_the_ensemble(triton_grpc: str, photos:
         want = np.asarray(Image.open(io.BytesIO(expected.data)), dtype=np.float64)
         assert served.shape == want.shape
         assert np.abs(served - want).mean() <= 1.0, name
+
+
+def test_bench_gpu_engine_prints_images_per_second_per_batch_on_this_gpu(gpu_repository: Path) -> None:
+    from typer.testing import CliRunner
+
+    from matteserve.cli import app
+
+    result = CliRunner().invoke(
+        app, ["bench", "gpu", "engine", str(gpu_repository), "--batches", "1,8", "--seconds", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "batch   1:" in result.output
+    assert f"batch   {MAX_BATCH}:" in result.output

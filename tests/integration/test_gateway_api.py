@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +15,7 @@ from matteserve.client import Client
 from matteserve.client.errors import InvalidRequest
 from matteserve.contract import Meta
 from matteserve.gateway import GatewayProcess
+from matteserve.loadtest.hostile import png_declaring
 
 Infer = Callable[..., tuple[bytes, Meta]]
 SIZE = (320, 256)
@@ -111,14 +110,6 @@ def test_the_callers_request_id_comes_back_in_the_response_and_trailing_metadata
     assert ("x-request-id", "order-42") in call.trailing_metadata()
 
 
-def _png_declaring(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-
-
 def _tiny_png() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (1, 1)).save(buf, "PNG")
@@ -130,10 +121,10 @@ BAD_INPUTS: dict[str, tuple[Callable[[bytes], bytes], dict[str, Any], str]] = {
     "zero bytes": (lambda _: b"", {}, "empty (0 bytes)"),
     "random bytes": (lambda _: bytes(range(7, 250)) * 20, {}, "not a supported image"),
     "truncated jpeg": (lambda p: p[: len(p) // 2], {}, "truncated or corrupt"),  # passes the header, Triton says no
-    "decompression bomb": (lambda _: _png_declaring(50000, 50000), {}, "2500.0 MP, above the 40.0 MP limit"),
+    "decompression bomb": (lambda _: png_declaring(50000, 50000), {}, "2500.0 MP, above the 40.0 MP limit"),
     "svg": (lambda _: b'<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"/>', {}, "not a supported"),
     "1x1 image": (lambda _: _tiny_png(), {}, "at least 16 px"),
-    "20000x50 strip": (lambda _: _png_declaring(20000, 50), {}, "aspect ratio"),
+    "20000x50 strip": (lambda _: png_declaring(20000, 50), {}, "aspect ratio"),
     "bad background": (lambda p: p, {"format": "jpeg", "background": "purple"}, "background must be"),
     "quality 101": (lambda p: p, {"format": "jpeg", "quality": 101}, "quality must be 1-100"),
     "unknown model": (

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-import struct
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,6 +20,8 @@ from matteserve.client.common import build_request
 from matteserve.client.errors import InvalidRequest, MessageTooLarge, Unauthenticated
 from matteserve.gateway import GatewayProcess
 from matteserve.gateway.auth import hash_key
+from matteserve.loadtest import hostile
+from matteserve.loadtest.hostile import png_bomb
 from matteserve.tritonserver import TritonServer
 
 from ..conftest import gateway_metric, start_gateway  # type: ignore[import-not-found]
@@ -36,25 +36,8 @@ def triton_calls(gw: GatewayProcess) -> float:
 
 
 def peak_rss_mib(gw: GatewayProcess) -> float:
-    """The gateway process's resident-memory high-water mark (VmHWM)."""
     assert gw.process is not None
-    for line in Path(f"/proc/{gw.process.pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
-
-
-def png_bomb(side: int) -> bytes:
-    """A real 1-bit PNG of zeros: 60000 px is the 437 KB file that froze the gateway for 8-10 s."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    packer = zlib.compressobj(9)
-    rows = bytes(1 + side // 8) * 1000
-    idat = b"".join(packer.compress(rows) for _ in range(side // 1000)) + packer.flush()
-    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    return hostile.peak_rss_mib(gw.process.pid)
 
 
 @pytest.fixture(scope="module")
@@ -83,35 +66,12 @@ def test_health_checks_stay_prompt_while_bombs_and_big_pngs_are_refused(
     Image.fromarray(photo_arrays["astronaut"]).resize((3000, 3000)).convert("RGBA").save(buf, "PNG", compress_level=1)
     big = buf.getvalue()  # a valid 9 MP RGBA PNG: decoding it takes ~0.1 s of CPU
 
-    async def go() -> tuple[list[float], list[float]]:
-        async with AsyncClient(gw.target, retry=NO_RETRY, timeout=60) as client:
-            await client.health()
-            done = asyncio.Event()
-            health: list[float] = []
-
-            async def probe() -> None:  # on a connection of its own, as a load balancer's probe
-                async with AsyncClient(gw.target, timeout=10) as prober:
-                    await prober.health()
-                    while not done.is_set():
-                        start = time.perf_counter()
-                        assert await prober.health() == "SERVING"
-                        health.append(time.perf_counter() - start)
-                        await asyncio.sleep(0.01)
-
-            async def refused(data: bytes) -> float:
-                start = time.perf_counter()
-                with pytest.raises(InvalidRequest, match=r"above the 1\.0 MP limit"):
-                    await client.remove(data)
-                return time.perf_counter() - start
-
-            probing = asyncio.create_task(probe())
-            await asyncio.sleep(0.05)
-            refusals = await asyncio.gather(*(refused(d) for d in [bomb, big] * 4))
-            done.set()
-            await probing
-            return health, list(refusals)
-
-    health, refusals = asyncio.run(go())
+    found = asyncio.run(hostile.refusals_beside_health(gw.target, [bomb, big] * 4))
+    assert found.health_answers == {"SERVING"}
+    for error in found.errors:
+        assert isinstance(error, InvalidRequest)
+        assert "above the 1.0 MP limit" in str(error)
+    health, refusals = found.health_s, found.refusal_s
     # Before, one bomb held the event loop for 8-10 s: every probe behind it waited that long.
     assert max(health) < 1.0, f"a health check took {max(health):.2f} s"
     assert max(refusals) < 2.0, f"a refusal took {max(refusals):.2f} s"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from matteserve import container
 from matteserve.client import TLS, Client, RemoveResult, RetryPolicy
 from matteserve.client.errors import BackendUnavailable
 from matteserve.gateway import GatewayProcess
@@ -156,3 +157,9 @@ def test_the_gateway_dies_when_the_process_that_started_it_is_killed() -> None:
     finally:
         if running(gateway):
             os.kill(gateway, signal.SIGKILL)
+
+
+def test_the_gateway_runs_with_the_serving_allocator_settings(gateway: GatewayProcess) -> None:
+    assert gateway.process is not None
+    environ = set(Path(f"/proc/{gateway.process.pid}/environ").read_bytes().split(b"\0"))
+    assert {f"{k}={v}".encode() for k, v in container.MALLOC_ENV.items()} <= environ

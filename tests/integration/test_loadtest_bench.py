@@ -1,5 +1,6 @@
-"""`matteserve bench` end to end, with tiny durations: every measurement runs and the report holds
-together. (The figures themselves come from the full command on a quiet machine, not from here.)"""
+"""`matteserve bench` and `matteserve bench gateway` end to end, with tiny durations: every measurement
+runs and the report holds together. (The figures themselves come from the full command on a quiet
+machine, not from here.)"""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from matteserve.gateway import GatewayProcess
+from matteserve.tritonserver import TritonServer
 
 
 @pytest.mark.slow
@@ -74,3 +78,34 @@ def test_bench_on_a_stand_in_repository_reports_stage_costs_and_the_stacks_ceili
     assert [r["format"] for r in data["stack"]] == ["png", "raw"]
     assert "The stack's own ceiling" in proc.stdout
     assert not (out / "bench.png").exists()
+
+
+def test_bench_gateway_measures_both_paths_and_the_time_inside_the_gateway(
+    triton: TritonServer, gateway: GatewayProcess, tmp_path: Path
+) -> None:
+    out = tmp_path / "overhead.json"
+    cmd = [sys.executable, "-m", "matteserve.cli", "bench", "gateway", "--triton", triton.cfg.grpc_url]
+    cmd += ["--gateway", gateway.target, "--gateway-metrics", gateway.cfg.metrics_url]
+    cmd += ["--requests", "6", "--rounds", "2", "--concurrency", "2", "--size", "256", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(out.read_text())
+    for side in ("triton", "gateway"):
+        assert data[side]["latency"]["count"] >= 12, side  # two rounds of at least 6 answers
+        assert data[side]["images_per_s"] > 0
+        assert data[side]["latency"]["p50_ms"] <= data[side]["latency"]["p99_ms"]
+    assert data["throughput_ratio"] == pytest.approx(data["gateway"]["images_per_s"] / data["triton"]["images_per_s"])
+    assert 0 < data["in_gateway_ms"] < data["gateway"]["latency"]["p99_ms"]
+    assert "gateway/direct throughput" in proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_gpu_cpu_prints_what_the_uint8_fold_changes_on_this_cpu() -> None:
+    from typer.testing import CliRunner
+
+    from matteserve.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "gpu", "cpu", "--seconds", "0.05", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert "PIXELS per request: FP32 1,228,800 B  uint8 307,200 B  (4x)" in result.output
+    assert "model step images/s: normalise+FP32 graph" in result.output

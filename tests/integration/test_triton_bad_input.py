@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -14,17 +12,10 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from matteserve.contract import Meta
+from matteserve.loadtest.hostile import png_declaring
 from matteserve.tritonserver import TritonServer
 
 Infer = Callable[..., tuple[bytes, Meta]]
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def png(width: int, height: int) -> bytes:

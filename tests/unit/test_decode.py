@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from matteserve.errors import ImageTooLarge, InvalidImage
+from matteserve.loadtest.hostile import png_declaring
 from matteserve.pipeline.decode import (
     ImageLimits,
     decode,
@@ -132,21 +133,9 @@ def test_truncated_jpeg_is_rejected() -> None:
         decode(data[: len(data) // 2], LIMITS)
 
 
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that declares a size without carrying its pixels: a decompression bomb's header."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
-
-
 def test_decompression_bomb_is_rejected_before_decoding() -> None:
     with pytest.raises(ImageTooLarge, match=r"50000x50000 = 2500\.0 MP, above the 40\.0 MP limit"):
-        decode(png_header_only(50000, 50000), LIMITS)
+        decode(png_declaring(50000, 50000), LIMITS)
 
 
 def test_pixel_limit_is_configurable() -> None:
@@ -163,7 +152,7 @@ def test_tiny_image_is_rejected() -> None:
 
 def test_sliver_is_rejected() -> None:
     with pytest.raises(InvalidImage, match="aspect ratio"):
-        decode(png_header_only(20000, 50), LIMITS)
+        decode(png_declaring(20000, 50), LIMITS)
 
 
 def test_own_transparency_is_returned_with_the_pixels() -> None:

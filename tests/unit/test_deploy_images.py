@@ -96,8 +96,11 @@ def test_the_gpu_image_is_a_pinned_ngc_triton_with_one_tensorrt_version() -> Non
     assert [a for op, a in ops if op == "ENTRYPOINT"] == ['["/usr/local/bin/triton-gpu-entrypoint.sh"]']
 
 
-def test_the_gpu_image_serves_with_the_allocator_settings_matteserve_serve_uses() -> None:
-    envs = " ".join(a for op, a in instructions(DOCKER / "Dockerfile.triton-gpu") if op == "ENV").split()
+@pytest.mark.parametrize("image", ["Dockerfile.triton-gpu", "Dockerfile.gateway"])
+def test_images_that_start_a_server_directly_give_it_the_allocator_settings_serve_uses(image: str) -> None:
+    """`matteserve serve` (the CPU image) sets them in code; these two images start their server
+    without it."""
+    envs = " ".join(a for op, a in instructions(DOCKER / image) if op == "ENV").split()
     assert {f"{k}={v}" for k, v in container.MALLOC_ENV.items()} <= set(envs)
 
 
@@ -111,6 +114,24 @@ def test_the_gpu_image_bakes_in_weights_and_photos_and_leaves_out_what_it_does_n
     assert "MATTESERVE_PARITY_PHOTOS=/opt/matteserve/parity-photos" in env
     assert "COPY" in [op for op, a in ops if a.startswith("--from=photos /parity-photos /opt/matteserve/parity-photos")]
     assert "weights_path(" in runs, "the weights are fetched while the image is built, not at pod start"
+
+
+def test_the_gpu_images_photo_stage_writes_the_builds_photo_sets_without_matteserve(tmp_path: Path) -> None:
+    import sys
+
+    from matteserve.build import photos
+    from matteserve.build.gpu.build import photo_sets
+
+    ops = instructions(DOCKER / "Dockerfile.triton-gpu")
+    (copied,) = [a.split()[0] for op, a in ops if op == "COPY" and a.endswith(" /photos.py")]
+    assert copied == "build/photos.py"
+    # The stage has numpy, Pillow and scikit-image but not matteserve: run the module by path without it.
+    script = "import runpy, sys; sys.modules['matteserve'] = None; sys.argv.pop(0); "
+    script += "runpy.run_path(sys.argv[0], run_name='__main__')"
+    subprocess.run([sys.executable, "-c", script, str(ROOT / copied), str(tmp_path)], check=True, cwd=tmp_path)
+    sets = photo_sets(tmp_path)
+    assert sorted(sets.calibration) == sorted(photos.PHOTOS)
+    assert sorted(sets.gate) == sorted(photos.gate())
 
 
 def fake_tools(tmp_path: Path, build_rc: int = 0, check_rc: int = 0) -> dict[str, str]:

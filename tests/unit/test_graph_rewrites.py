@@ -9,8 +9,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from matteserve.build import onnx_prep, weights
-from matteserve.build.gpu import fp16, graph, parity, photos
+from matteserve.build import onnx_prep, photos, weights
+from matteserve.build.gpu import fp16, graph, parity
 from matteserve.build.gpu.build import PhotoSets, prepare_graphs
 from matteserve.errors import ModelError
 from matteserve.pipeline import tensor

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import struct
 import time
-import zlib
 from collections.abc import Callable
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 from PIL import Image
 
 from matteserve.errors import ImageTooLarge, InvalidImage
+from matteserve.loadtest.hostile import png_bomb, png_chunk, png_with
 from matteserve.pipeline import header
 from matteserve.pipeline.decode import ImageLimits, decode, decode_rgba, open_image, oriented_size
 
@@ -25,19 +25,6 @@ def encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
     buf = io.BytesIO()
     img.save(buf, fmt, **kw)
     return buf.getvalue()
-
-
-def chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def png_bomb(side: int) -> bytes:
-    """A real 1-bit PNG of side x side zeros: 20000 px is 48 KB of file for 400 MP of pixels."""
-    packer = zlib.compressobj(9)
-    rows = bytes(1 + side // 8) * 1000
-    idat = b"".join(packer.compress(rows) for _ in range(side // 1000)) + packer.flush()
-    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def small(fmt: str, **kw: object) -> bytes:
@@ -141,15 +128,8 @@ def test_a_bomb_is_refused_before_pillow_allocates_any_pixels(make: Callable[[],
     assert Image.core.get_stats()["new_count"] == images_before
 
 
-def png_with(before_idat: bytes = b"", after_idat: bytes = b"", size: tuple[int, int] = (64, 48)) -> bytes:
-    data = encode(Image.new("RGB", size, (10, 20, 30)), "PNG")
-    idat = data.index(b"IDAT") - 4
-    iend = data.rindex(b"IEND") - 4
-    return data[:idat] + before_idat + data[idat:iend] + after_idat + data[iend:]
-
-
 def test_a_png_text_chunk_flood_is_refused_before_pillow_parses_it() -> None:
-    data = png_with(before_idat=chunk(b"tEXt", b"k\x00v") * 500_000)
+    data = png_with(before_idat=png_chunk(b"tEXt", b"k\x00v") * 500_000)
     start = time.thread_time()
     with pytest.raises(InvalidImage, match="more than 1024 metadata chunks"):
         open_image(data, LIMITS)
@@ -157,7 +137,7 @@ def test_a_png_text_chunk_flood_is_refused_before_pillow_parses_it() -> None:
 
 
 def test_a_png_of_many_small_image_data_chunks_is_refused_past_the_walk_bound() -> None:
-    data = png_with(after_idat=chunk(b"IDAT", b"") * header.MAX_PNG_CHUNKS)
+    data = png_with(after_idat=png_chunk(b"IDAT", b"") * header.MAX_PNG_CHUNKS)
     with pytest.raises(InvalidImage, match="more than 65536 chunks"):
         open_image(data, LIMITS)
 
@@ -170,7 +150,7 @@ def exif_orientation(value: int) -> bytes:
 
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_png_orientation_comes_from_exif_wherever_it_is_without_decoding_the_pixels(where: str) -> None:
-    exif = chunk(b"eXIf", exif_orientation(6))
+    exif = png_chunk(b"eXIf", exif_orientation(6))
     data = png_with(**{f"{where}_idat": exif})
     img = open_image(data, LIMITS)
     assert oriented_size(img) == (48, 64)

@@ -1,17 +1,17 @@
-"""Numbers for the GPU path, each printed as a ratio measured in one run.
+"""``matteserve bench gpu``: numbers for the GPU path, each printed as a ratio measured in one run.
 
-``python -m matteserve.build.gpu.bench cpu``: on this CPU, what the uint8 fold changes: the bytes
-preprocess sends to the model per request, and images/s of the model step as served (normalise +
-FP32 graph + finalise, vs the folded graph on uint8 pixels), alternating rounds on the same photos.
+``cpu``: on this CPU, what the uint8 fold changes: the bytes preprocess sends to the model per
+request, and images/s of the model step as served (normalise + FP32 graph + finalise, vs the folded
+graph on uint8 pixels), alternating rounds on the same photos.
 
-``python -m matteserve.build.gpu.bench fold-e2e``: the same comparison end to end through Triton on
-CPU, the default repository vs ``matteserve build --fold-input``, alternating rounds in one run.
+``fold-e2e``: the same comparison end to end through Triton on CPU, the default repository vs
+``matteserve build --fold-input``, alternating rounds in one run.
 
-``python -m matteserve.build.gpu.bench gate``: the FP16 parity gate on this CPU (onnxruntime): the FP16
-graph with the FP32 islands chosen on the calibration photos, and without any, on the gate photos.
+``gate``: the FP16 parity gate on this CPU (onnxruntime): the FP16 graph with the FP32 islands chosen
+on the calibration photos, and without any, on the gate photos.
 
-``python -m matteserve.build.gpu.bench engine REPOSITORY``: engine-only images/s of the repository's
-TensorRT engine on this GPU at batch 1/8/32/64 (up to its max), host<->device copies included.
+``engine REPOSITORY``: engine-only images/s of the repository's TensorRT engine on this GPU at batch
+1/8/32/64 (up to its max), host<->device copies included.
 """
 
 from __future__ import annotations
@@ -21,28 +21,28 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
-import onnx
 import typer
 
 from matteserve import contract
-from matteserve.build import configs, onnx_prep, weights
-from matteserve.build.configs import ServingPlan, Target
-from matteserve.build.gpu import engine, graph, parity, stamp
-from matteserve.build.gpu.build import sample_photos
-from matteserve.pipeline import tensor
 from matteserve.zoo import DEFAULT_MODEL, get_spec
 
+if TYPE_CHECKING:
+    from matteserve.build.configs import ServingPlan
+
 logger = logging.getLogger(__name__)
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help="Numbers for the GPU path.")
 
 _ITEM_BYTES = {"TYPE_FP32": 4, "TYPE_UINT8": 1}
 
 
 def pixel_bytes(plan: ServingPlan) -> int:
     """Bytes of one request's PIXELS tensor, from the rendered preprocess config."""
+    import numpy as np
+
+    from matteserve.build import configs
+
     out = configs.preprocess_config(plan).output[0]
     return int(np.prod(list(out.dims))) * _ITEM_BYTES[configs.model_config_pb2.DataType.Name(out.data_type)]
 
@@ -60,12 +60,21 @@ def cpu(
     threads: Annotated[int, typer.Option(help="onnxruntime threads (as the CPU matting model).")] = 2,
 ) -> None:
     """Bytes and images/s of the model step on CPU, FP32 input vs the uint8 fold."""
+    import numpy as np
+    import onnx
+
+    from matteserve.build import onnx_prep, weights
+    from matteserve.build.configs import ServingPlan, Target
+    from matteserve.build.gpu import graph, parity
+    from matteserve.build.photos import calibration
+    from matteserve.pipeline import tensor
+    from matteserve.stages import MattingRunner
+
     spec = get_spec(DEFAULT_MODEL)
     cpu_plan = ServingPlan.for_host(spec, Target.CPU)
     gpu_plan = ServingPlan.for_host(spec, Target.GPU, engine_files=(("9.0", "x"),))
     fp32_bytes, uint8_bytes = pixel_bytes(cpu_plan), pixel_bytes(gpu_plan)
-    pixels = list(parity.sample_pixels(sample_photos(), spec).values())
-    from matteserve.stages import MattingRunner
+    pixels = list(parity.sample_pixels(calibration(), spec).values())
 
     with tempfile.TemporaryDirectory() as tmp:
         prepared = onnx_prep.prepare(weights.weights_path(spec), spec, Path(tmp) / "p.onnx").path
@@ -98,52 +107,26 @@ def cpu(
 
 
 @app.command()
-def gate(batch: Annotated[int, typer.Option(help="Batch size of the batched gate run.")] = parity.GATE_BATCH) -> None:
+def gate(
+    batch: Annotated[
+        int | None, typer.Option(help="Batch size of the batched gate run (default: the build's).")
+    ] = None,
+) -> None:
     """The FP16 graph's gate reports, with and without FP32 islands."""
-    from matteserve.build.gpu import fp16
+    from matteserve.build import onnx_prep, weights
+    from matteserve.build.gpu import fp16, parity
     from matteserve.build.gpu.build import photo_sets, prepare_graphs
 
-    spec, sets = get_spec(DEFAULT_MODEL), photo_sets()
+    spec, sets, batch = get_spec(DEFAULT_MODEL), photo_sets(), batch or parity.GATE_BATCH
     with tempfile.TemporaryDirectory() as tmp:
         prepared = onnx_prep.prepare(weights.weights_path(spec), spec, Path(tmp) / "p.onnx").path
         for keep_above, what in ((fp16.KEEP_ABOVE, "FP32 islands"), (float("inf"), "no FP32 islands")):
-            graphs = prepare_graphs(prepared, spec, sets, Path(tmp), keep_above=keep_above, batch=batch)
+            graphs = prepare_graphs(
+                prepared, spec, sets, Path(tmp), keep_above=keep_above, batch=batch or parity.GATE_BATCH
+            )
             typer.echo(f"{spec.name}, {what}: {sorted(graphs.keep_fp32) or 'none'}")
             for report in graphs.reports[1:]:
                 typer.echo(report.table())
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _closed_loop(grpc_url: str, images: list[bytes], concurrency: int, seconds: float) -> float:
-    """Images/s through the ensemble with ``concurrency`` requests always in flight (PNG cut-outs)."""
-    import threading
-
-    import tritonclient.grpc as grpcclient
-
-    done = [0] * concurrency
-    deadline = time.perf_counter() + seconds
-
-    def worker(i: int) -> None:
-        client = grpcclient.InferenceServerClient(grpc_url)
-        while time.perf_counter() < deadline:
-            inputs = contract.ensemble_inputs(images[(i + done[i]) % len(images)], b"{}")
-            client.infer(contract.ENSEMBLE, inputs, client_timeout=120)
-            done[i] += 1
-
-    start = time.perf_counter()
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(done) / (time.perf_counter() - start)
 
 
 @app.command("fold-e2e")
@@ -155,21 +138,21 @@ def fold_e2e(
     concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 4,
     max_batch_size: Annotated[int, typer.Option(help="Same max batch for both repositories.")] = 2,
 ) -> None:
-    """End-to-end images/s through Triton on CPU: default repository vs ``--fold-input``, alternating
-    rounds on the same photos in one run."""
-    import io
+    """End-to-end images/s through Triton on CPU, the default repository vs `build --fold-input`.
 
-    from PIL import Image
+    Alternating rounds on the same photos in one run."""
+    from functools import partial
+
+    import numpy as np
 
     from matteserve.build.builder import build
+    from matteserve.loadtest.bench import end_to_end, free_port
+    from matteserve.loadtest.images import generated
+    from matteserve.loadtest.targets import TritonTarget
     from matteserve.tritonserver import TritonConfig, TritonServer
 
     spec = get_spec(DEFAULT_MODEL)
-    images = []
-    for arr in sample_photos().values():
-        buf = io.BytesIO()
-        Image.fromarray(arr).resize((size, size), Image.Resampling.BICUBIC).save(buf, "JPEG", quality=90)
-        images.append(buf.getvalue())
+    images = [i.data for i in generated(size)]
     repos = {
         "fp32 pixels": build(spec, out / "repo-default", max_batch_size=max_batch_size),
         "uint8 fold": build(spec, out / "repo-fold", max_batch_size=max_batch_size, fold_input=True),
@@ -177,10 +160,10 @@ def fold_e2e(
     rates: dict[str, list[float]] = {name: [] for name in repos}
     for r in range(rounds):
         for name, repo in repos.items():
-            cfg = TritonConfig(repo, http_port=_free_port(), grpc_port=_free_port(), metrics_port=_free_port())
-            with TritonServer(cfg, log_path=out / f"triton-{repo.name}.log") as server:
-                _closed_loop(server.cfg.grpc_url, images, concurrency, min(3.0, seconds))  # warm-up
-                rates[name].append(_closed_loop(server.cfg.grpc_url, images, concurrency, seconds))
+            cfg = TritonConfig(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+            with TritonServer(cfg, log_path=out / f"triton-{repo.name}.log"):
+                target = partial(TritonTarget, cfg.grpc_url, images)
+                rates[name].append(end_to_end(target, images, [concurrency], seconds).images_per_s)
             typer.echo(f"round {r + 1} {name}: {rates[name][-1]:.2f} images/s")
     a, b = (float(np.median(v)) for v in rates.values())
     typer.echo(f"{size}px JPEG -> PNG, concurrency {concurrency}, max batch {max_batch_size}, median of {rounds}")
@@ -196,6 +179,10 @@ def engine_bench(
     seconds: Annotated[float, typer.Option(help="Seconds per batch size.")] = 5.0,
 ) -> None:
     """Engine-only images/s on this GPU, copies to and from the device included."""
+    import numpy as np
+
+    from matteserve.build.gpu import engine, stamp
+
     found = stamp.check_repository(repository)
     if found is None:
         raise typer.BadParameter(f"{repository} has no TensorRT engine")
@@ -218,8 +205,3 @@ def engine_bench(
             typer.echo(f"  batch {batch:3d}: {rate:9.1f} images/s  ({rate / base:.2f}x batch 1)")
     finally:
         runner.close()
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING)
-    app()
