@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from matteserve.build import tuning
 from matteserve.build.islands import PROBE_PHOTOS, fp32_islands
 from matteserve.errors import ModelError
 from matteserve.pipeline import tensor
@@ -278,6 +277,7 @@ def _mattes(
     onnx: Path, spec: ModelSpec, settings: RuntimeSettings, inputs: Mapping[str, np.ndarray]
 ) -> tuple[dict[str, np.ndarray], float]:
     """uint8 mattes of every input, one at a time, and the model-only images/s after a warm-up."""
+    from matteserve.build import tuning
     from matteserve.stages import MattingRunner
 
     runner = MattingRunner(onnx, spec, settings=settings)
