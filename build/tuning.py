@@ -46,11 +46,7 @@ def images_per_s(run: Callable[[], object], batch: int, seconds: float, at_least
 
 
 def measure(
-    onnx_path: Path,
-    spec: ModelSpec,
-    settings: RuntimeSettings,
-    seconds: float = 1.5,
-    inputs: Sequence[np.ndarray] = (),
+    onnx_path: Path, spec: ModelSpec, settings: RuntimeSettings, seconds: float = 1.5, inputs: Sequence[np.ndarray] = ()
 ) -> list[BatchMeasurement]:
     """Images/s per batch size, in the runtime and precision that will serve the model, on ``inputs``
     (model tensors, repeated to fill a batch; random ones at 640x480 when none are given)."""
