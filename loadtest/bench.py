@@ -25,7 +25,6 @@ import os
 import platform
 import socket
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -121,22 +120,12 @@ def model_ceiling(
     """The prepared ONNX alone (onnxruntime FP32 unless ``settings`` name another runtime), fed the
     real images' preprocessed tensors, at each of the batch sizes the build chooses from; the best
     is kept."""
-    from matteserve.stages import MattingRunner, preprocess
+    from matteserve.stages import preprocess
 
     tensors = [preprocess(data, b"", spec, ImageLimits()) for data in inputs]
-    runner = MattingRunner(onnx, spec, settings=settings or RuntimeSettings(threads=threads))
-    per_batch: dict[int, float] = {}
-    for batch in tuning.CANDIDATES:
-        chunk = [tensors[i % len(tensors)] for i in range(batch)]
-        runner.run(chunk)  # warm-up
-        done, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            runner.run(chunk)
-            done += batch
-        per_batch[batch] = done / (time.perf_counter() - start)
-        logger.info("model only, batch %d: %.2f images/s", batch, per_batch[batch])
-    best = max(per_batch, key=lambda b: per_batch[b])
     engine = settings or RuntimeSettings(threads=threads)
+    per_batch = {m.batch: m.images_per_s for m in tuning.measure(onnx, spec, engine, seconds, tensors)}
+    best = max(per_batch, key=lambda b: per_batch[b])
     detail = {"per_batch": per_batch, "threads": threads, "runtime": engine.runtime.value}
     return Throughput(per_batch[best], f"batch {best}", detail | {"precision": engine.precision.value})
 

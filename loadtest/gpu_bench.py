@@ -16,10 +16,10 @@ on the calibration photos, and without any, on the gate photos.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import tempfile
-import time
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -47,13 +47,6 @@ def pixel_bytes(plan: ServingPlan) -> int:
     return int(np.prod(list(out.dims))) * _ITEM_BYTES[configs.model_config_pb2.DataType.Name(out.data_type)]
 
 
-def _rate(step: Callable[[], int], seconds: float) -> float:
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        done += step()
-    return done / (time.perf_counter() - start)
-
-
 @app.command()
 def cpu(
     seconds: Annotated[float, typer.Option(help="Seconds per round; 4 rounds per variant.")] = 2.5,
@@ -63,7 +56,7 @@ def cpu(
     import numpy as np
     import onnx
 
-    from matteserve.build import onnx_prep, weights
+    from matteserve.build import onnx_prep, tuning, weights
     from matteserve.build.configs import ServingPlan, Target
     from matteserve.build.gpu import graph, parity
     from matteserve.build.photos import calibration
@@ -82,22 +75,17 @@ def cpu(
         onnx.save(graph.fold_io(graph.simplify(onnx.load(str(prepared)), spec, Path(tmp)), spec), str(folded_path))
         served = MattingRunner(prepared, spec, threads=threads)
         folded = graph.session(folded_path, threads=threads)
-
-        def as_served() -> int:
-            for p in pixels:
-                served.run([tensor.normalise(p, spec)])
-            return len(pixels)
-
-        def as_folded() -> int:
-            for p in pixels:
-                tensor.alpha_to_uint8(folded.run(["ALPHA"], {"PIXELS": p[None]})[0])  # type: ignore[attr-defined]
-            return len(pixels)
-
-        as_served(), as_folded()  # warm-up
-        rates: dict[str, list[float]] = {"fp32": [], "uint8": []}
+        photo = itertools.cycle(pixels)
+        steps = {
+            "fp32": lambda: served.run([tensor.normalise(next(photo), spec)]),
+            "uint8": lambda: tensor.alpha_to_uint8(
+                folded.run(["ALPHA"], {"PIXELS": next(photo)[None]})[0]  # type: ignore[attr-defined]
+            ),
+        }
+        rates: dict[str, list[float]] = {name: [] for name in steps}
         for _ in range(4):
-            rates["fp32"].append(_rate(as_served, seconds))
-            rates["uint8"].append(_rate(as_folded, seconds))
+            for name, step in steps.items():
+                rates[name].append(tuning.images_per_s(step, 1, seconds))
     a, b = float(np.median(rates["fp32"])), float(np.median(rates["uint8"]))
     typer.echo(f"{spec.name}, onnxruntime CPU, {threads} threads, {len(pixels)} photos, median of 4 alternating rounds")
     typer.echo(
@@ -141,8 +129,6 @@ def fold_e2e(
     """End-to-end images/s through Triton on CPU, the default repository vs `build --fold-input`.
 
     Alternating rounds on the same photos in one run."""
-    from functools import partial
-
     import numpy as np
 
     from matteserve.build.builder import build
@@ -181,6 +167,7 @@ def engine_bench(
     """Engine-only images/s on this GPU, copies to and from the device included."""
     import numpy as np
 
+    from matteserve.build import tuning
     from matteserve.build.gpu import engine, stamp
 
     found = stamp.check_repository(repository)
@@ -194,13 +181,7 @@ def engine_bench(
         base = None
         for batch in sorted({min(int(b), options.max_batch_size) for b in batches.split(",")}):
             x = rng.integers(0, 256, size=options.shape(batch), dtype=np.uint8)
-
-            def step(x: np.ndarray = x) -> int:
-                runner.run(x)
-                return len(x)
-
-            step()
-            rate = _rate(step, seconds)
+            rate = tuning.images_per_s(partial(runner.run, x), batch, seconds)
             base = base or rate
             typer.echo(f"  batch {batch:3d}: {rate:9.1f} images/s  ({rate / base:.2f}x batch 1)")
     finally:

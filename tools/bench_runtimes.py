@@ -1,9 +1,9 @@
 """Model-only speed of each CPU runtime candidate, as ratios to onnxruntime FP32 taken in one run.
 
 The candidates run in interleaved rounds on the same preprocessed gate photos (batch 1, every
-core), so load from elsewhere on the machine hits them alike; wall time and this process's CPU time
-are both reported. The BF16 FP32 islands are the ones a repository's build found (``--repository``),
-or none. Run it on a quiet machine:
+core), so load from elsewhere on the machine hits them alike; the median round's images/s and the
+median CPU time of this process per image are reported. The BF16 FP32 islands are the ones a
+repository's build found (``--repository``), or none. Run it on a quiet machine:
 
     .venv/bin/python tools/bench_runtimes.py --repository ~/.cache/matteserve/repositories/u2netp-cpu --rounds 10
 """
@@ -11,16 +11,19 @@ or none. Run it on a quiet machine:
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import time
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from matteserve import contract
 from matteserve.build import photos
 from matteserve.build.repository import read_manifest
 from matteserve.build.runtime_choice import Capabilities
+from matteserve.build.tuning import images_per_s
 from matteserve.pipeline import tensor
 from matteserve.runtimes import Precision, Runtime, RuntimeSettings
 from matteserve.segments import parse_ranges
@@ -56,25 +59,27 @@ def main() -> None:
         for px in photos.gate_photos().values()
     ]
     runners = {name: MattingRunner(onnx, spec, settings=s) for name, s in candidates.items()}
-    wall = dict.fromkeys(runners, 0.0)
-    cpu = dict.fromkeys(runners, 0.0)
-    for runner in runners.values():
-        runner.run(inputs[:1])
+    photo = itertools.cycle(inputs)
+    rates: dict[str, list[float]] = {name: [] for name in runners}
+    cpu: dict[str, list[float]] = {name: [] for name in runners}  # per image
     for _ in range(args.rounds):
         for name, runner in runners.items():
-            w, c = time.perf_counter(), time.process_time()
-            for x in inputs:
-                runner.run([x])
-            wall[name] += time.perf_counter() - w
-            cpu[name] += time.process_time() - c
-    images = args.rounds * len(inputs)
+
+            def one(runner: MattingRunner = runner, cpu: list[float] = cpu[name]) -> None:
+                start = time.process_time()
+                runner.run([next(photo)])
+                cpu.append(time.process_time() - start)
+
+            rates[name].append(images_per_s(one, 1, seconds=0, at_least=len(inputs)))
+    per_s = {name: float(np.median(r)) for name, r in rates.items()}
+    cpu_ms = {name: float(np.median(c)) * 1000 for name, c in cpu.items()}
     reference = "onnxruntime fp32"
-    print(f"{spec.name}, {threads} threads, {images} images each, CPU flags: {caps}")
+    print(f"{spec.name}, {threads} threads, median of {args.rounds} rounds of {len(inputs)} images, CPU flags: {caps}")
     print(f"{'runtime':32} {'images/s':>9} {'x ORT':>6} {'CPU ms/img':>11} {'x ORT':>6}")
     for name in runners:
         print(
-            f"{name:32} {images / wall[name]:9.2f} {wall[reference] / wall[name]:6.2f} "
-            f"{cpu[name] / images * 1000:11.1f} {cpu[reference] / cpu[name]:6.2f}"
+            f"{name:32} {per_s[name]:9.2f} {per_s[name] / per_s[reference]:6.2f} "
+            f"{cpu_ms[name]:11.1f} {cpu_ms[reference] / cpu_ms[name]:6.2f}"
         )
 
 
