@@ -164,18 +164,9 @@ def start_gateway(tritons: list[str], log_dir: Path, **settings: object) -> Gate
 
 def gateway_metric(gw: GatewayProcess, name: str, **labels: str) -> float:
     """The sum of the gateway's ``name`` samples whose labels include ``labels`` (0 when none)."""
-    import urllib.request
+    from matteserve.loadtest import prometheus
 
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(gw.cfg.metrics_url, timeout=5) as r:
-        families = text_string_to_metric_families(r.read().decode())
-    return sum(
-        s.value
-        for f in families
-        for s in f.samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    )
+    return prometheus.total(prometheus.read(gw.cfg.metrics_url), name, **labels)
 
 
 @pytest.fixture(scope="session")
