@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -24,12 +24,31 @@ from matteserve.tritonserver import TritonConfig, TritonServer
 from matteserve.zoo import get_spec
 
 if TYPE_CHECKING:
+    from tritonclient.grpc import model_config_pb2
+
+    from matteserve.build.configs import ServingPlan
     from matteserve.client import Client
     from matteserve.gateway import GatewayProcess
 
 # Max batch for the test repository: fixed, so that batching is exercised whatever the tuner would
 # pick on this machine.
 TEST_MAX_BATCH = 4
+
+
+def parsed_configs(plan: ServingPlan) -> dict[str, model_config_pb2.ModelConfig]:
+    """Every config the plan renders, parsed back from its text, by model name."""
+    from matteserve.build import configs, repository
+
+    return {name: configs.from_pbtxt(text) for name, text in repository.render(plan).items()}
+
+
+def assert_steps_agree_on_tensors(cfgs: dict[str, model_config_pb2.ModelConfig]) -> None:
+    """Each tensor a later step reads has the type and dims its producer writes."""
+    produced = {t.name: t for name in (contract.PREPROCESS, contract.MATTING) for t in cfgs[name].output}
+    for name in (contract.MATTING, contract.POSTPROCESS):
+        for t in cfgs[name].input:
+            if t.name in produced:
+                assert (t.data_type, list(t.dims)) == (produced[t.name].data_type, list(produced[t.name].dims))
 
 
 def installed_tool(name: str, installed_by: str) -> str:
@@ -41,6 +60,15 @@ def installed_tool(name: str, installed_by: str) -> str:
     if found is None:
         pytest.fail(f"{name} is not installed: {installed_by}")
     return found
+
+
+def run_matteserve(*args: object, timeout: float) -> str:
+    """Run ``matteserve ARGS`` in a child process as a user would; its stdout, or a failure that shows
+    its output when it exits with an error."""
+    cmd = [sys.executable, "-m", "matteserve.cli", *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
 
 
 def matteserve_accepts(argv: list[str]) -> None:
@@ -160,6 +188,18 @@ def start_gateway(tritons: list[str], log_dir: Path, **settings: object) -> Gate
     settings = {"health_interval_s": 0.25, "grace_s": 10.0} | settings
     cfg = GatewayConfig(tritons=tuple(tritons), port=free_port(), metrics_port=free_port(), **settings)  # type: ignore[arg-type]
     return GatewayProcess(cfg, log_path=log_dir / f"gateway-{cfg.port}.log").start()
+
+
+def gateway_fixture(log_name: str, **settings: object) -> Any:
+    """A module-scoped fixture: a gateway with ``settings`` in front of the session's Triton, logging
+    under a folder named ``log_name``, stopped after the module."""
+
+    @pytest.fixture(scope="module")
+    def started(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+        with start_gateway([triton.cfg.grpc_url], tmp_path_factory.mktemp(log_name), **settings) as gw:
+            yield gw
+
+    return started
 
 
 def gateway_metric(gw: GatewayProcess, name: str, **labels: str) -> float:

@@ -26,7 +26,7 @@ from matteserve.options import OutputFormat
 from matteserve.tritonserver import TritonServer
 from matteserve.zoo import get_spec
 
-from ..conftest import TEST_MAX_BATCH, gateway_metric, start_gateway, start_triton  # type: ignore[import-not-found]
+from ..conftest import TEST_MAX_BATCH, gateway_fixture, gateway_metric, start_gateway, start_triton  # type: ignore[import-not-found]
 
 
 async def measure_closed(
@@ -47,18 +47,9 @@ async def warm_up(gw: GatewayProcess, inputs: list[bytes]) -> None:
     await measure_closed(gw, inputs, concurrency=TEST_MAX_BATCH, ok=TEST_MAX_BATCH)
 
 
-@pytest.fixture(scope="module")
-def overload_gw(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    # Capacity is measured at concurrency 2 * TEST_MAX_BATCH, all of it admitted: a closed loop whose
-    # refused workers retry at once would spin on refusals and take the CPU from Triton.
-    gw = start_gateway(
-        [triton.cfg.grpc_url],
-        tmp_path_factory.mktemp("overload"),
-        queue_budget_s=1.5,
-        min_in_flight=2 * TEST_MAX_BATCH,
-    )
-    yield gw
-    gw.stop()
+# Capacity is measured at concurrency 2 * TEST_MAX_BATCH, all of it admitted: a closed loop whose
+# refused workers retry at once would spin on refusals and take the CPU from Triton.
+overload_gw = gateway_fixture("overload", queue_budget_s=1.5, min_in_flight=2 * TEST_MAX_BATCH)
 
 
 def matting_computed(triton: TritonServer) -> float:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +14,8 @@ from matteserve.loadtest import perf_analyzer, triton_metrics
 from matteserve.loadtest.runner import Bounds, closed_loop, open_loop
 from matteserve.loadtest.targets import TritonTarget
 from matteserve.tritonserver import TritonServer
+
+from ..conftest import run_matteserve  # type: ignore[import-not-found]
 
 BAD = [b"", b"this is not an image"]
 
@@ -91,10 +91,7 @@ def test_loadtest_command_writes_consistent_json_csv_and_png(
     for i, data in enumerate(mixed_inputs):
         (images / f"{(i + 2) % len(mixed_inputs)}.jpg").write_bytes(data)
     out = tmp_path / "report"
-    cmd = [
-        sys.executable,
-        "-m",
-        "matteserve.cli",
+    stdout = run_matteserve(
         "loadtest",
         "--address",
         triton.cfg.grpc_url,
@@ -112,10 +109,9 @@ def test_loadtest_command_writes_consistent_json_csv_and_png(
         "webp",
         "--out",
         str(out),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "where the time went" in proc.stdout
+        timeout=180,
+    )
+    assert "where the time went" in stdout
     report = json.loads((out / "loadtest.json").read_text())
     assert report["output_format"] == "webp"
     assert [r["summary"]["load"] for r in report["runs"]] == [1, 2]
