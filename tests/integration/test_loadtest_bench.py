@@ -1,4 +1,4 @@
-"""`matteserve bench` and `matteserve bench gateway` end to end, with tiny durations: every measurement
+"""`matteserve bench`, `bench gateway` and `bench codecs` end to end, with tiny durations: every measurement
 runs and the report holds together. (The figures themselves come from the full command on a quiet
 machine, not from here.)"""
 
@@ -101,3 +101,17 @@ def test_bench_gpu_cpu_prints_what_the_uint8_fold_changes_on_this_cpu() -> None:
     assert result.exit_code == 0, result.output
     assert "PIXELS per request: FP32 1,228,800 B  uint8 307,200 B  (4x)" in result.output
     assert "model step images/s: normalise+FP32 graph" in result.output
+
+
+def test_bench_codecs_times_every_candidate_at_each_size() -> None:
+    from typer.testing import CliRunner
+
+    from matteserve.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "codecs", "--sizes", "64,96", "--repeats", "1"])
+    assert result.exit_code == 0, result.output
+    for size in (64, 96):
+        assert f"== {size} px: RGBA PNG encoders" in result.output
+    for row in ("fpng                             kept", "pillow level 1                   cleared"):
+        assert result.output.count(row) == 2, row
+    assert result.output.count("alpha upsample 320 -> full") == 2
