@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -9,9 +10,9 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from PIL import Image
 from matteserve import contract
 from matteserve.build.builder import build
 from matteserve.loadtest.bench import free_port
+from matteserve.loadtest.runner import Target
 from matteserve.tritonserver import TritonConfig, TritonServer
 from matteserve.zoo import get_spec
 
@@ -188,6 +190,18 @@ def start_gateway(tritons: list[str], log_dir: Path, **settings: object) -> Gate
     settings = {"health_interval_s": 0.25, "grace_s": 10.0} | settings
     cfg = GatewayConfig(tritons=tuple(tritons), port=free_port(), metrics_port=free_port(), **settings)  # type: ignore[arg-type]
     return GatewayProcess(cfg, log_path=log_dir / f"gateway-{cfg.port}.log").start()
+
+
+AnyTarget = TypeVar("AnyTarget", bound=Target)
+
+
+@contextlib.asynccontextmanager
+async def closing(target: AnyTarget) -> AsyncIterator[AnyTarget]:
+    """A load-test target, closed after the block however it ends."""
+    try:
+        yield target
+    finally:
+        await target.close()
 
 
 def gateway_fixture(log_name: str, **settings: object) -> Any:

@@ -16,7 +16,7 @@ from matteserve.loadtest.runner import Bounds, closed_loop
 from matteserve.loadtest.targets import GatewayTarget
 from matteserve.tritonserver import TritonServer
 
-from ..conftest import gateway_fixture, run_matteserve  # type: ignore[import-not-found]
+from ..conftest import closing, gateway_fixture, run_matteserve  # type: ignore[import-not-found]
 
 loadtest_gateway = gateway_fixture("gateway")
 
@@ -42,11 +42,8 @@ async def test_counts_through_the_gateway_match_the_gateways_and_tritons_own(
         if settled == triton_before:
             break
         triton_before = settled
-    target = GatewayTarget(loadtest_gateway.target)
-    try:
+    async with closing(GatewayTarget(loadtest_gateway.target)) as target:
         result = await closed_loop(target, inputs, concurrency=2, bounds=Bounds(3.0, 1000, warmup_s=0))
-    finally:
-        await target.close()
     triton_after, gw_after = snapshots(triton, loadtest_gateway)
     s = result.summary()
     issued = len(result.samples)

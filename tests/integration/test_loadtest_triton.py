@@ -15,7 +15,7 @@ from matteserve.loadtest.runner import Bounds, closed_loop, open_loop
 from matteserve.loadtest.targets import TritonTarget
 from matteserve.tritonserver import TritonServer
 
-from ..conftest import run_matteserve  # type: ignore[import-not-found]
+from ..conftest import closing, run_matteserve  # type: ignore[import-not-found]
 
 BAD = [b"", b"this is not an image"]
 
@@ -48,11 +48,8 @@ async def test_closed_loop_counts_match_what_triton_served_and_errors_are_counte
     triton: TritonServer, mixed_inputs: list[bytes]
 ) -> None:
     before = ensemble_successes(triton)
-    target = TritonTarget(triton.cfg.grpc_url, mixed_inputs)
-    try:
+    async with closing(TritonTarget(triton.cfg.grpc_url, mixed_inputs)) as target:
         result = await closed_loop(target, mixed_inputs, concurrency=2, bounds=Bounds(3.0, 1000, warmup_s=0))
-    finally:
-        await target.close()
     s = result.summary()
     served = ensemble_successes(triton) - before
     issued = len(result.samples)
@@ -70,11 +67,8 @@ async def test_open_loop_sends_its_schedule_and_triton_served_every_good_request
 ) -> None:
     good = mixed_inputs[:2]
     before = ensemble_successes(triton)
-    target = TritonTarget(triton.cfg.grpc_url, good)
-    try:
+    async with closing(TritonTarget(triton.cfg.grpc_url, good)) as target:
         result = await open_loop(target, good, rate=3.0, bounds=Bounds(2.0, 1000, warmup_s=1.0))
-    finally:
-        await target.close()
     s = result.summary()
     assert (s.sent, s.warmup_sent) == (6, 3)
     assert s.errors == {}
