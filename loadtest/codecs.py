@@ -1,11 +1,6 @@
-"""``matteserve bench codecs``: the codec candidates for the per-image CPU work, measured side by
-side in one process.
-
-What the choices in ``matteserve/pipeline`` rest on: for each candidate, CPU time per image (median
-of repeats, mean over the photos, ``time.process_time`` so that library threads count) and output
-size, on the scikit-image photo set at each size with u2netp's own mattes. Candidates that are not
-project dependencies are measured when installed and skipped otherwise.
-"""
+"""``matteserve bench codecs``: what the codec choices in ``matteserve/pipeline`` rest on. CPU time per
+image is the median of repeats in ``time.process_time`` (so that library threads count), mean over the
+photo set, with u2netp's own mattes."""
 
 from __future__ import annotations
 

@@ -133,9 +133,7 @@ def unread_stream(gw: GatewayProcess, window: int) -> None:
 
 
 def measure_hostile() -> None:
-    """Print, first in this process, the CPU milliseconds of open_image refusing a bomb and a PNG of
-    500k text chunks; then, each against a fresh gateway in front of one Triton: health-check latency
-    while bombs and valid 9 MP PNGs are refused, an unauthenticated flood, an unread stream."""
+    """Each case against a fresh gateway in front of one Triton, after the header costs in this process."""
     header_costs()
     with tempfile.TemporaryDirectory(prefix="bench-hostile-") as tmp:
         folder = Path(tmp)
