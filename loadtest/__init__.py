@@ -7,6 +7,8 @@
 - :mod:`.report` prints and writes the results; :mod:`.perf_analyzer` cross-checks against Triton's
   own load generator; :mod:`.bench` compares matteserve with the model's ceiling and with rembg;
 - :mod:`.bench_cli` is ``matteserve bench``, with ``bench gateway`` (the gateway's overhead over
-  Triton) and ``bench gpu`` (:mod:`.gpu_bench`: the uint8 fold, the FP16 gate, engine images/s);
-- :mod:`.hostile` builds the hostile PNGs the tests and tools/bench_hostile.py send.
+  Triton), ``bench gpu`` (:mod:`.gpu_bench`: the uint8 fold, the FP16 gate, engine images/s),
+  ``bench codecs`` (:mod:`.codecs`) and ``bench hostile`` (:mod:`.hostile_bench`);
+- :mod:`.prometheus` is the one reader of Triton's and the gateway's /metrics text;
+- :mod:`.hostile` builds the hostile PNGs the tests and ``bench hostile`` send.
 """

@@ -1,5 +1,6 @@
 """``matteserve bench``: the comparison run (no subcommand), ``bench gateway`` (the gateway's overhead
-over Triton) and ``bench gpu ...`` (the GPU path's numbers). Every request is sent by
+over Triton), ``bench gpu ...`` (the GPU path's numbers), ``bench codecs`` (the per-image codec
+candidates) and ``bench hostile`` (what hostile callers cost the gateway). Every request is sent by
 :mod:`matteserve.loadtest.runner` and every percentile is :mod:`matteserve.loadtest.stats`'."""
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def bench(
     """Compare matteserve end to end with the model-only ceiling and rembg's remove(), measure the CPU
     per image of every stage and output format, and the stack's own ceiling with the stand-in
     matting step, in one run. Given a stand-in repository (`build --model null`), only the last two.
-    The subcommands measure the gateway's overhead and the GPU path instead."""
+    The subcommands measure the gateway's overhead, the GPU path, the codec candidates and hostile
+    callers instead."""
     from matteserve import stand_in as stand_in_step
     from matteserve.build.repository import read_manifest
     from matteserve.cli import setup_logging
@@ -237,3 +239,27 @@ def gateway_overhead(
     if json_path is not None:
         settings = {"requests": requests, "rounds": rounds, "concurrency": concurrency, "size": size}
         json_path.write_text(json.dumps(result.to_json() | {"settings": settings}, indent=2) + "\n")
+
+
+@app.command("codecs")
+def codec_candidates(
+    sizes: Annotated[str, typer.Option(help="Square JPEG sizes in px.")] = "1024,2048",
+    repeats: Annotated[int, typer.Option(help="Timed runs per photo; the median is kept.")] = 7,
+) -> None:
+    """The codec candidates for the per-image CPU work side by side: CPU milliseconds per image and
+    output size of each PNG encoder, JPEG decoder and the matte's upsampling, on the photo set with
+    u2netp's own mattes. Candidates that are not dependencies (imagecodecs, pyvips) are measured when
+    installed: `.venv/bin/pip install imagecodecs pyvips pyvips-binary "numpy<2"`."""
+    from matteserve.loadtest.codecs import measure_codecs
+
+    measure_codecs([int(x) for x in parse_loads(sizes)], repeats)
+
+
+@app.command("hostile")
+def hostile_callers() -> None:
+    """What hostile callers cost a real Triton + gateway on loopback: health-check latency while PNG
+    bombs and valid 9 MP PNGs are refused, 16 concurrent unauthenticated 16 MiB calls, a stream that is
+    never read; and first the CPU time of refusing a bomb's header. Run it on a quiet machine."""
+    from matteserve.loadtest.hostile_bench import measure_hostile
+
+    measure_hostile()

@@ -3,13 +3,15 @@ which code, and how much of each request's time was Triton's (the rest is the ga
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
-from matteserve.loadtest.triton_metrics import fetch
+from matteserve.loadtest import prometheus
+from matteserve.loadtest.prometheus import total
 
-REQUESTS = "matteserve_gateway_requests"
+REQUESTS = "matteserve_gateway_requests_total"
 REQUEST_SECONDS = "matteserve_gateway_request_duration_seconds"
 TRITON_SECONDS = "matteserve_gateway_triton_duration_seconds"
 
@@ -23,22 +25,21 @@ class GatewaySnapshot:
     triton_count: float
 
 
-def parse(text: str) -> GatewaySnapshot:
+def parse(found: Sequence[Sample]) -> GatewaySnapshot:
     codes: dict[str, float] = {}
-    sums = {REQUEST_SECONDS: [0.0, 0.0], TRITON_SECONDS: [0.0, 0.0]}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == REQUESTS + "_total":  # the family is named with or without _total
-                code = sample.labels.get("code", "UNKNOWN")
-                codes[code] = codes.get(code, 0.0) + sample.value
-            elif family.name in sums and sample.name.endswith(("_sum", "_count")):
-                sums[family.name][0 if sample.name.endswith("_sum") else 1] += sample.value
-    return GatewaySnapshot(codes, *sums[REQUEST_SECONDS], *sums[TRITON_SECONDS])
+    for sample in found:
+        if sample.name == REQUESTS:
+            code = sample.labels.get("code", "UNKNOWN")
+            codes[code] = codes.get(code, 0.0) + sample.value
+    sums = (
+        total(found, histogram + part) for histogram in (REQUEST_SECONDS, TRITON_SECONDS) for part in ("_sum", "_count")
+    )
+    return GatewaySnapshot(codes, *sums)
 
 
 def scrape(url: str, timeout: float = 5.0) -> GatewaySnapshot | None:
-    text = fetch(url, timeout)
-    return parse(text) if text is not None else None
+    found = prometheus.scrape(url, timeout)
+    return parse(found) if found is not None else None
 
 
 @dataclass(frozen=True)

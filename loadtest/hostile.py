@@ -1,6 +1,6 @@
 """Hostile inputs: PNGs whose headers or chunks would cost a careless decoder far more than their
-bytes. The decode, Triton and gateway tests assert they are refused cheaply, and
-tools/bench_hostile.py prints what refusing them costs.
+bytes. The decode, Triton and gateway tests assert they are refused cheaply, and ``matteserve bench
+hostile`` prints what refusing them costs.
 """
 
 from __future__ import annotations

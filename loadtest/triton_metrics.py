@@ -8,15 +8,13 @@ request rode in; divided by ``avg_batch`` it is the cost of one image.
 
 from __future__ import annotations
 
-import logging
-import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from matteserve import contract
-
-logger = logging.getLogger(__name__)
+from matteserve.loadtest import prometheus
 
 COUNTERS = (
     "nv_inference_request_success",
@@ -35,31 +33,19 @@ PIPELINE_ORDER = (contract.ENSEMBLE, contract.PREPROCESS, contract.MATTING, cont
 Snapshot = dict[tuple[str, str], float]
 
 
-def parse(text: str) -> Snapshot:
+def parse(found: Iterable[Sample]) -> Snapshot:
     out: Snapshot = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            name = sample.name.removesuffix("_total")
-            if name in COUNTERS and "model" in sample.labels:
-                key = (name, sample.labels["model"])
-                out[key] = out.get(key, 0.0) + sample.value
+    for sample in found:
+        name = sample.name.removesuffix("_total")
+        if name in COUNTERS and "model" in sample.labels:
+            key = (name, sample.labels["model"])
+            out[key] = out.get(key, 0.0) + sample.value
     return out
 
 
-def fetch(url: str, timeout: float = 5.0) -> str | None:
-    """A Prometheus endpoint's text, or None (logged) when it cannot be read: the load test goes on
-    without the breakdown."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return str(response.read().decode())
-    except OSError as e:
-        logger.warning("cannot scrape metrics at %s (%s); the report will have no breakdown from it", url, e)
-        return None
-
-
 def scrape(url: str, timeout: float = 5.0) -> Snapshot | None:
-    text = fetch(url, timeout)
-    return parse(text) if text is not None else None
+    found = prometheus.scrape(url, timeout)
+    return parse(found) if found is not None else None
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -9,9 +10,9 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pytest
@@ -20,16 +21,36 @@ from PIL import Image
 from matteserve import contract
 from matteserve.build.builder import build
 from matteserve.loadtest.bench import free_port
+from matteserve.loadtest.runner import Target
 from matteserve.tritonserver import TritonConfig, TritonServer
 from matteserve.zoo import get_spec
 
 if TYPE_CHECKING:
+    from tritonclient.grpc import model_config_pb2
+
+    from matteserve.build.configs import ServingPlan
     from matteserve.client import Client
     from matteserve.gateway import GatewayProcess
 
 # Max batch for the test repository: fixed, so that batching is exercised whatever the tuner would
 # pick on this machine.
 TEST_MAX_BATCH = 4
+
+
+def parsed_configs(plan: ServingPlan) -> dict[str, model_config_pb2.ModelConfig]:
+    """Every config the plan renders, parsed back from its text, by model name."""
+    from matteserve.build import configs, repository
+
+    return {name: configs.from_pbtxt(text) for name, text in repository.render(plan).items()}
+
+
+def assert_steps_agree_on_tensors(cfgs: dict[str, model_config_pb2.ModelConfig]) -> None:
+    """Each tensor a later step reads has the type and dims its producer writes."""
+    produced = {t.name: t for name in (contract.PREPROCESS, contract.MATTING) for t in cfgs[name].output}
+    for name in (contract.MATTING, contract.POSTPROCESS):
+        for t in cfgs[name].input:
+            if t.name in produced:
+                assert (t.data_type, list(t.dims)) == (produced[t.name].data_type, list(produced[t.name].dims))
 
 
 def installed_tool(name: str, installed_by: str) -> str:
@@ -41,6 +62,15 @@ def installed_tool(name: str, installed_by: str) -> str:
     if found is None:
         pytest.fail(f"{name} is not installed: {installed_by}")
     return found
+
+
+def run_matteserve(*args: object, timeout: float) -> str:
+    """Run ``matteserve ARGS`` in a child process as a user would; its stdout, or a failure that shows
+    its output when it exits with an error."""
+    cmd = [sys.executable, "-m", "matteserve.cli", *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
 
 
 def matteserve_accepts(argv: list[str]) -> None:
@@ -161,20 +191,35 @@ def start_gateway(tritons: list[str], log_dir: Path, **settings: object) -> Gate
     return GatewayProcess(cfg, log_path=log_dir / f"gateway-{cfg.port}.log").start()
 
 
+AnyTarget = TypeVar("AnyTarget", bound=Target)
+
+
+@contextlib.asynccontextmanager
+async def closing(target: AnyTarget) -> AsyncIterator[AnyTarget]:
+    """A load-test target, closed after the block however it ends."""
+    try:
+        yield target
+    finally:
+        await target.close()
+
+
+def gateway_fixture(log_name: str, **settings: object) -> Any:
+    """A module-scoped fixture: a gateway with ``settings`` in front of the session's Triton, logging
+    under a folder named ``log_name``, stopped after the module."""
+
+    @pytest.fixture(scope="module")
+    def started(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+        with start_gateway([triton.cfg.grpc_url], tmp_path_factory.mktemp(log_name), **settings) as gw:
+            yield gw
+
+    return started
+
+
 def gateway_metric(gw: GatewayProcess, name: str, **labels: str) -> float:
     """The sum of the gateway's ``name`` samples whose labels include ``labels`` (0 when none)."""
-    import urllib.request
+    from matteserve.loadtest import prometheus
 
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(gw.cfg.metrics_url, timeout=5) as r:
-        families = text_string_to_metric_families(r.read().decode())
-    return sum(
-        s.value
-        for f in families
-        for s in f.samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    )
+    return prometheus.total(prometheus.read(gw.cfg.metrics_url), name, **labels)
 
 
 @pytest.fixture(scope="session")

@@ -18,23 +18,13 @@ from matteserve.gateway import GatewayProcess
 from matteserve.gateway.auth import hash_key
 from matteserve.tritonserver import TritonServer
 
-from ..conftest import gateway_metric, start_gateway  # type: ignore[import-not-found]
+from ..conftest import gateway_fixture, gateway_metric, start_gateway  # type: ignore[import-not-found]
 
 NO_RETRY = RetryPolicy(attempts=1)
 KEY = "test-key-0123456789abcdef"
 
 
-@pytest.fixture(scope="module")
-def limited(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    gw = start_gateway(
-        [triton.cfg.grpc_url],
-        tmp_path_factory.mktemp("limited"),
-        max_in_flight=2,
-        max_message_bytes=300_000,
-        max_pixels=200_000,
-    )
-    yield gw
-    gw.stop()
+limited = gateway_fixture("limited", max_in_flight=2, max_message_bytes=300_000, max_pixels=200_000)
 
 
 def test_requests_beyond_the_in_flight_limit_get_resource_exhausted_at_once(

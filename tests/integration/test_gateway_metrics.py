@@ -10,30 +10,17 @@ import urllib.request
 from collections.abc import Callable, Iterator
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from matteserve.client import Client
 from matteserve.client.errors import InvalidRequest
 from matteserve.gateway import GatewayProcess
+from matteserve.loadtest.prometheus import read, total
 from matteserve.tritonserver import TritonServer
 
 from ..conftest import free_port, installed_tool, start_gateway  # type: ignore[import-not-found]
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape(gw: GatewayProcess) -> Samples:
-    with urllib.request.urlopen(gw.cfg.metrics_url, timeout=5) as r:
-        text = r.read().decode()
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
+Samples = list[Sample]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +38,7 @@ def counted(
         items = {i.id: i for i in client.remove_stream([("good", photo), ("bad", b"junk")], format="jpeg")}
     assert items["good"].result is not None
     assert items["bad"].error is not None
-    return gw, scrape(gw)
+    return gw, read(gw.cfg.metrics_url)
 
 
 @pytest.fixture(scope="module")
@@ -63,39 +50,39 @@ def gateway_under_test(counted: tuple[GatewayProcess, Samples]) -> Iterator[Gate
 def test_request_counters_show_exactly_the_requests_sent(counted: tuple[GatewayProcess, Samples]) -> None:
     _, m = counted
     name = "matteserve_gateway_requests_total"
-    assert value(m, name, method="Remove", code="OK", format="png") == 3
-    assert value(m, name, method="Remove", code="OK", format="mask") == 2
-    assert value(m, name, method="Remove", code="INVALID_ARGUMENT", format="png") == 1
-    assert value(m, name, method="RemoveStream", code="OK", format="jpeg") == 1
-    assert value(m, name, method="RemoveStream", code="INVALID_ARGUMENT", format="jpeg") == 1
-    assert sum(v for (n, _), v in m.items() if n == name) == 8
+    assert total(m, name, method="Remove", code="OK", format="png") == 3
+    assert total(m, name, method="Remove", code="OK", format="mask") == 2
+    assert total(m, name, method="Remove", code="INVALID_ARGUMENT", format="png") == 1
+    assert total(m, name, method="RemoveStream", code="OK", format="jpeg") == 1
+    assert total(m, name, method="RemoveStream", code="INVALID_ARGUMENT", format="jpeg") == 1
+    assert total(m, name) == 8
 
 
 def test_histograms_count_the_same_requests(counted: tuple[GatewayProcess, Samples]) -> None:
     gw, m = counted
     duration = "matteserve_gateway_request_duration_seconds_count"
-    assert value(m, duration, method="Remove", format="png") == 4
-    assert value(m, duration, method="Remove", format="mask") == 2
-    assert value(m, duration, method="RemoveStream", format="jpeg") == 2
+    assert total(m, duration, method="Remove", format="png") == 4
+    assert total(m, duration, method="Remove", format="mask") == 2
+    assert total(m, duration, method="RemoveStream", format="jpeg") == 2
     endpoint = gw.cfg.tritons[0]
-    assert value(m, "matteserve_gateway_triton_duration_seconds_count", endpoint=endpoint) == 6  # only valid images
-    assert value(m, "matteserve_gateway_request_bytes_count") == 8
-    assert value(m, "matteserve_gateway_response_bytes_count") == 6
-    assert value(m, "matteserve_gateway_input_megapixels_count") == 6
+    assert total(m, "matteserve_gateway_triton_duration_seconds_count", endpoint=endpoint) == 6  # only valid images
+    assert total(m, "matteserve_gateway_request_bytes_count") == 8
+    assert total(m, "matteserve_gateway_response_bytes_count") == 6
+    assert total(m, "matteserve_gateway_input_megapixels_count") == 6
     # 256x192 = 0.049 MP: every valid image lands at or below the 0.05 bucket, none below 0.01.
-    assert value(m, "matteserve_gateway_input_megapixels_bucket", le="0.05") == 6
-    assert value(m, "matteserve_gateway_input_megapixels_bucket", le="0.01") == 0
+    assert total(m, "matteserve_gateway_input_megapixels_bucket", le="0.05") == 6
+    assert total(m, "matteserve_gateway_input_megapixels_bucket", le="0.01") == 0
     # CPU inference takes tens of milliseconds at least, and the whole request at least as long.
-    assert value(m, "matteserve_gateway_triton_duration_seconds_bucket", endpoint=endpoint, le="0.0025") == 0
+    assert total(m, "matteserve_gateway_triton_duration_seconds_bucket", endpoint=endpoint, le="0.0025") == 0
 
 
 def test_gauges_show_a_healthy_idle_gateway(counted: tuple[GatewayProcess, Samples]) -> None:
     gw, m = counted
     endpoint = gw.cfg.tritons[0]
-    assert value(m, "matteserve_gateway_in_flight_requests") == 0
-    assert value(m, "matteserve_gateway_triton_endpoint_up", endpoint=endpoint) == 1
-    assert not [k for k, v in m.items() if k[0] == "matteserve_gateway_triton_errors_total" and v]
-    assert not [k for k, v in m.items() if k[0] == "matteserve_gateway_retries_total" and v]
+    assert total(m, "matteserve_gateway_in_flight_requests") == 0
+    assert total(m, "matteserve_gateway_triton_endpoint_up", endpoint=endpoint) == 1
+    assert total(m, "matteserve_gateway_triton_errors_total") == 0
+    assert total(m, "matteserve_gateway_retries_total") == 0
 
 
 def test_a_real_prometheus_scrapes_the_same_counts(

@@ -26,7 +26,7 @@ from matteserve.options import OutputFormat
 from matteserve.tritonserver import TritonServer
 from matteserve.zoo import get_spec
 
-from ..conftest import TEST_MAX_BATCH, gateway_metric, start_gateway, start_triton  # type: ignore[import-not-found]
+from ..conftest import TEST_MAX_BATCH, closing, gateway_fixture, gateway_metric, start_gateway, start_triton  # type: ignore[import-not-found]
 
 
 async def measure_closed(
@@ -34,11 +34,8 @@ async def measure_closed(
 ) -> RunSummary:
     """A closed loop until ``ok`` OK responses (at most 120 s): counted, not timed, so a slow or busy
     machine makes the test longer, not wrong."""
-    target = GatewayTarget(gw.target, fmt, timeout=120.0)
-    try:
+    async with closing(GatewayTarget(gw.target, fmt, timeout=120.0)) as target:
         result = await closed_loop(target, inputs, concurrency, Bounds(120.0, ok, warmup_s=0))
-    finally:
-        await target.close()
     return result.summary()
 
 
@@ -47,18 +44,9 @@ async def warm_up(gw: GatewayProcess, inputs: list[bytes]) -> None:
     await measure_closed(gw, inputs, concurrency=TEST_MAX_BATCH, ok=TEST_MAX_BATCH)
 
 
-@pytest.fixture(scope="module")
-def overload_gw(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    # Capacity is measured at concurrency 2 * TEST_MAX_BATCH, all of it admitted: a closed loop whose
-    # refused workers retry at once would spin on refusals and take the CPU from Triton.
-    gw = start_gateway(
-        [triton.cfg.grpc_url],
-        tmp_path_factory.mktemp("overload"),
-        queue_budget_s=1.5,
-        min_in_flight=2 * TEST_MAX_BATCH,
-    )
-    yield gw
-    gw.stop()
+# Capacity is measured at concurrency 2 * TEST_MAX_BATCH, all of it admitted: a closed loop whose
+# refused workers retry at once would spin on refusals and take the CPU from Triton.
+overload_gw = gateway_fixture("overload", queue_budget_s=1.5, min_in_flight=2 * TEST_MAX_BATCH)
 
 
 def matting_computed(triton: TritonServer) -> float:
@@ -79,15 +67,12 @@ async def test_under_five_times_its_capacity_the_service_keeps_its_goodput_and_r
     deadline = max(3.0, 2 * capacity.latency.p50_ms / 1000)
 
     # Five times the capacity, arriving whatever the answers do, for long enough to see ~30 answered.
-    target = GatewayTarget(overload_gw.target, OutputFormat.MASK, timeout=deadline)
     seconds = max(8.0, 30 / capacity.throughput_rps)
     computed_before = matting_computed(triton)
-    try:
+    async with closing(GatewayTarget(overload_gw.target, OutputFormat.MASK, timeout=deadline)) as target:
         result = await open_loop(
             target, inputs, 5 * capacity.throughput_rps, Bounds(seconds, 100_000, warmup_s=1.0), Arrival.POISSON
         )
-    finally:
-        await target.close()
     s = result.summary()
     computed = matting_computed(triton) - computed_before
     # Measured again after: on a shared machine the capacity drifts, and the test is about collapse.
@@ -172,11 +157,8 @@ def test_a_full_triton_queue_is_resource_exhausted_and_leaves_the_endpoint_in_ro
         photo = make_photo(256, 256)
 
         async def burst() -> list[str]:
-            target = GatewayTarget(gw.target, OutputFormat.MASK, timeout=120.0)
-            try:
+            async with closing(GatewayTarget(gw.target, OutputFormat.MASK, timeout=120.0)) as target:
                 return list(await asyncio.gather(*(target.send(photo) for _ in range(12))))
-            finally:
-                await target.close()
 
         codes = asyncio.run(burst())
         up = gateway_metric(gw, "matteserve_gateway_triton_endpoint_up", endpoint=server.cfg.grpc_url)

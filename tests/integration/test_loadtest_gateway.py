@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from matteserve import contract
 from matteserve.gateway import GatewayProcess
@@ -20,22 +16,14 @@ from matteserve.loadtest.runner import Bounds, closed_loop
 from matteserve.loadtest.targets import GatewayTarget
 from matteserve.tritonserver import TritonServer
 
-from ..conftest import start_gateway  # type: ignore[import-not-found]
+from ..conftest import closing, gateway_fixture, run_matteserve  # type: ignore[import-not-found]
 
-
-@pytest.fixture(scope="module")
-def loadtest_gateway(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    with start_gateway([triton.cfg.grpc_url], tmp_path_factory.mktemp("gateway")) as gateway:
-        yield gateway
-
-
-def gateway_metrics_url(gateway: GatewayProcess) -> str:
-    return f"http://{gateway.cfg.metrics_host}:{gateway.cfg.metrics_port}/metrics"
+loadtest_gateway = gateway_fixture("gateway")
 
 
 def snapshots(triton: TritonServer, gateway: GatewayProcess) -> tuple[float, gateway_metrics.GatewaySnapshot]:
     t = triton_metrics.scrape(triton.cfg.metrics_url)
-    g = gateway_metrics.scrape(gateway_metrics_url(gateway))
+    g = gateway_metrics.scrape(gateway.cfg.metrics_url)
     assert t is not None
     assert g is not None
     return t.get(("nv_inference_request_success", contract.ENSEMBLE), 0.0), g
@@ -54,11 +42,8 @@ async def test_counts_through_the_gateway_match_the_gateways_and_tritons_own(
         if settled == triton_before:
             break
         triton_before = settled
-    target = GatewayTarget(loadtest_gateway.target)
-    try:
+    async with closing(GatewayTarget(loadtest_gateway.target)) as target:
         result = await closed_loop(target, inputs, concurrency=2, bounds=Bounds(3.0, 1000, warmup_s=0))
-    finally:
-        await target.close()
     triton_after, gw_after = snapshots(triton, loadtest_gateway)
     s = result.summary()
     issued = len(result.samples)
@@ -84,17 +69,14 @@ def test_loadtest_command_against_the_gateway_reports_its_time_split(
     (images / "a.jpg").write_bytes(make_photo(512, 384))
     (images / "b.jpg").write_bytes(b"not an image")
     out = tmp_path / "report"
-    cmd = [
-        sys.executable,
-        "-m",
-        "matteserve.cli",
+    stdout = run_matteserve(
         "loadtest",
         "--target",
         "gateway",
         "--address",
         loadtest_gateway.target,
         "--gateway-metrics",
-        gateway_metrics_url(loadtest_gateway),
+        loadtest_gateway.cfg.metrics_url,
         "--triton-metrics",
         triton.cfg.metrics_url,
         "--mode",
@@ -109,10 +91,9 @@ def test_loadtest_command_against_the_gateway_reports_its_time_split(
         str(images),
         "--out",
         str(out),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "the gateway's own time" in proc.stdout
+        timeout=180,
+    )
+    assert "the gateway's own time" in stdout
     (run,) = json.loads((out / "loadtest.json").read_text())["runs"]
     s = run["summary"]
     assert s["mode"] == "open"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +14,8 @@ from matteserve.loadtest import perf_analyzer, triton_metrics
 from matteserve.loadtest.runner import Bounds, closed_loop, open_loop
 from matteserve.loadtest.targets import TritonTarget
 from matteserve.tritonserver import TritonServer
+
+from ..conftest import closing, run_matteserve  # type: ignore[import-not-found]
 
 BAD = [b"", b"this is not an image"]
 
@@ -48,11 +48,8 @@ async def test_closed_loop_counts_match_what_triton_served_and_errors_are_counte
     triton: TritonServer, mixed_inputs: list[bytes]
 ) -> None:
     before = ensemble_successes(triton)
-    target = TritonTarget(triton.cfg.grpc_url, mixed_inputs)
-    try:
+    async with closing(TritonTarget(triton.cfg.grpc_url, mixed_inputs)) as target:
         result = await closed_loop(target, mixed_inputs, concurrency=2, bounds=Bounds(3.0, 1000, warmup_s=0))
-    finally:
-        await target.close()
     s = result.summary()
     served = ensemble_successes(triton) - before
     issued = len(result.samples)
@@ -70,11 +67,8 @@ async def test_open_loop_sends_its_schedule_and_triton_served_every_good_request
 ) -> None:
     good = mixed_inputs[:2]
     before = ensemble_successes(triton)
-    target = TritonTarget(triton.cfg.grpc_url, good)
-    try:
+    async with closing(TritonTarget(triton.cfg.grpc_url, good)) as target:
         result = await open_loop(target, good, rate=3.0, bounds=Bounds(2.0, 1000, warmup_s=1.0))
-    finally:
-        await target.close()
     s = result.summary()
     assert (s.sent, s.warmup_sent) == (6, 3)
     assert s.errors == {}
@@ -91,10 +85,7 @@ def test_loadtest_command_writes_consistent_json_csv_and_png(
     for i, data in enumerate(mixed_inputs):
         (images / f"{(i + 2) % len(mixed_inputs)}.jpg").write_bytes(data)
     out = tmp_path / "report"
-    cmd = [
-        sys.executable,
-        "-m",
-        "matteserve.cli",
+    stdout = run_matteserve(
         "loadtest",
         "--address",
         triton.cfg.grpc_url,
@@ -112,10 +103,9 @@ def test_loadtest_command_writes_consistent_json_csv_and_png(
         "webp",
         "--out",
         str(out),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "where the time went" in proc.stdout
+        timeout=180,
+    )
+    assert "where the time went" in stdout
     report = json.loads((out / "loadtest.json").read_text())
     assert report["output_format"] == "webp"
     assert [r["summary"]["load"] for r in report["runs"]] == [1, 2]

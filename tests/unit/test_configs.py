@@ -15,6 +15,8 @@ from matteserve.errors import ModelError
 from matteserve.pipeline.decode import ImageLimits
 from matteserve.zoo import ZOO
 
+from ..conftest import assert_steps_agree_on_tensors, parsed_configs  # type: ignore[import-not-found]
+
 
 @pytest.fixture
 def plan() -> ServingPlan:
@@ -23,22 +25,18 @@ def plan() -> ServingPlan:
     )
 
 
-def parsed(plan: ServingPlan) -> dict[str, model_config_pb2.ModelConfig]:
-    return {name: configs.from_pbtxt(text) for name, text in repository.render(plan).items()}
-
-
 def test_every_config_round_trips_through_text_format(plan: ServingPlan) -> None:
-    for name, cfg in parsed(plan).items():
+    for name, cfg in parsed_configs(plan).items():
         assert cfg.name == name
         assert configs.from_pbtxt(configs.to_pbtxt(cfg)) == cfg
 
 
 def test_one_max_batch_size_everywhere(plan: ServingPlan) -> None:
-    assert {cfg.max_batch_size for cfg in parsed(plan).values()} == {4}
+    assert {cfg.max_batch_size for cfg in parsed_configs(plan).values()} == {4}
 
 
 def test_ensemble_wires_each_tensor_from_an_earlier_step(plan: ServingPlan) -> None:
-    cfgs = parsed(plan)
+    cfgs = parsed_configs(plan)
     ensemble = cfgs[contract.ENSEMBLE]
     assert ensemble.platform == "ensemble"
     available = {t.name for t in ensemble.input}
@@ -52,24 +50,20 @@ def test_ensemble_wires_each_tensor_from_an_earlier_step(plan: ServingPlan) -> N
 
 
 def test_tensor_shapes_and_types_agree_between_steps(plan: ServingPlan) -> None:
-    cfgs = parsed(plan)
-    produced = {t.name: t for name in (contract.PREPROCESS, contract.MATTING) for t in cfgs[name].output}
-    for name in (contract.MATTING, contract.POSTPROCESS):
-        for t in cfgs[name].input:
-            if t.name in produced:
-                assert (t.data_type, list(t.dims)) == (produced[t.name].data_type, list(produced[t.name].dims))
+    cfgs = parsed_configs(plan)
+    assert_steps_agree_on_tensors(cfgs)
     assert list(cfgs[contract.MATTING].input[0].dims) == [3, 320, 320]
     assert cfgs[contract.MATTING].output[0].data_type == model_config_pb2.TYPE_UINT8
 
 
 def test_only_the_original_bytes_cross_to_postprocess_not_pixels(plan: ServingPlan) -> None:
-    post = parsed(plan)[contract.POSTPROCESS]
+    post = parsed_configs(plan)[contract.POSTPROCESS]
     assert {t.name for t in post.input} == {contract.IMAGE, contract.OPTIONS, contract.ALPHA, contract.PREPROCESS_MS}
 
 
 def test_cpu_models_are_python_on_cpu_with_dynamic_batching(plan: ServingPlan) -> None:
     for name in (contract.PREPROCESS, contract.MATTING, contract.POSTPROCESS):
-        cfg = parsed(plan)[name]
+        cfg = parsed_configs(plan)[name]
         assert cfg.backend == "python"
         assert cfg.HasField("dynamic_batching")
         assert cfg.dynamic_batching.default_queue_policy.max_queue_size == plan.max_queue_size
@@ -80,19 +74,19 @@ def test_the_adapters_read_back_the_spec_and_limits_the_configs_carry(plan: Serv
     for name in (contract.PREPROCESS, contract.MATTING, contract.POSTPROCESS):
         # What Triton hands a python model's initialize: the config as JSON, proto field names, defaults too.
         text = json_format.MessageToJson(
-            parsed(plan)[name], preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+            parsed_configs(plan)[name], preserving_proto_field_name=True, always_print_fields_with_no_presence=True
         )
         args = {"model_config": text}
         params = triton_adapter.parameters(args)
         assert triton_adapter.spec_and_limits(params) == (plan.spec, plan.limits), name
     assert plan.limits.max_pixels == 123
-    assert parsed(plan)[contract.MATTING].parameters[contract.Parameter.THREADS].string_value == "2"
+    assert parsed_configs(plan)[contract.MATTING].parameters[contract.Parameter.THREADS].string_value == "2"
 
 
 def test_size_rule_models_get_variable_dims() -> None:
     plan = ServingPlan.for_host(ZOO["modnet"], Target.CPU, cores=2)
-    assert list(parsed(plan)[contract.MATTING].input[0].dims) == [3, -1, -1]
-    assert list(parsed(plan)[contract.MATTING].output[0].dims) == [-1, -1]
+    assert list(parsed_configs(plan)[contract.MATTING].input[0].dims) == [3, -1, -1]
+    assert list(parsed_configs(plan)[contract.MATTING].output[0].dims) == [-1, -1]
 
 
 def test_plan_rejects_nonsense() -> None:

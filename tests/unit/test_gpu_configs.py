@@ -10,7 +10,7 @@ import pytest
 from tritonclient.grpc import model_config_pb2
 
 from matteserve import contract, stages
-from matteserve.build import configs, repository
+from matteserve.build import repository
 from matteserve.build.configs import ServingPlan, Target
 from matteserve.build.gpu import engine
 from matteserve.build.gpu.build import engine_options
@@ -18,6 +18,8 @@ from matteserve.errors import ModelError
 from matteserve.pipeline import tensor
 from matteserve.pipeline.decode import ImageLimits
 from matteserve.zoo import ZOO
+
+from ..conftest import assert_steps_agree_on_tensors, parsed_configs  # type: ignore[import-not-found]
 
 ENGINES = (("8.6", "model.sm86.plan"), ("9.0", "model.sm90.plan"))
 KIND_CPU = model_config_pb2.ModelInstanceGroup.KIND_CPU
@@ -29,12 +31,8 @@ def plan() -> ServingPlan:
     return ServingPlan.for_host(ZOO["u2netp"], Target.GPU, cores=16, max_batch_size=32, engine_files=ENGINES)
 
 
-def parsed(plan: ServingPlan) -> dict[str, model_config_pb2.ModelConfig]:
-    return {name: configs.from_pbtxt(text) for name, text in repository.render(plan).items()}
-
-
 def test_the_matting_model_is_a_tensorrt_plan_on_the_gpu_per_compute_capability(plan: ServingPlan) -> None:
-    matting = parsed(plan)[contract.MATTING]
+    matting = parsed_configs(plan)[contract.MATTING]
     assert matting.platform == "tensorrt_plan"
     assert not matting.backend
     assert [g.kind for g in matting.instance_group] == [KIND_GPU]
@@ -48,7 +46,7 @@ def test_the_engine_profile_and_the_engine_config_come_from_one_plan(plan: Servi
     batch sizes and CUDA graphs all come from the plan's max batch size."""
     options = engine_options(plan, engine.Typing.STRONG, ())
     low, opt, high = options.profile
-    matting = parsed(plan)[contract.MATTING]
+    matting = parsed_configs(plan)[contract.MATTING]
     assert (low[0], opt[0], high[0]) == plan.engine_profile_batches == (1, 8, 32)
     assert matting.max_batch_size == high[0]
     assert list(high[1:]) == list(matting.input[0].dims)
@@ -59,38 +57,34 @@ def test_the_engine_profile_and_the_engine_config_come_from_one_plan(plan: Servi
 
 
 def test_the_engine_batches_briefly_with_two_instances_per_gpu(plan: ServingPlan) -> None:
-    matting = parsed(plan)[contract.MATTING]
+    matting = parsed_configs(plan)[contract.MATTING]
     assert 100 <= matting.dynamic_batching.max_queue_delay_microseconds <= 500
     assert [(g.kind, g.count) for g in matting.instance_group] == [(KIND_GPU, 2)]
 
 
 def test_odd_batch_sizes_fall_into_a_graph_through_its_lower_bound(plan: ServingPlan) -> None:
-    specs = parsed(plan)[contract.MATTING].optimization.cuda.graph_spec
+    specs = parsed_configs(plan)[contract.MATTING].optimization.cuda.graph_spec
     covered = {b for s in specs for b in range(s.graph_lower_bound.batch_size, s.batch_size + 1)}
     assert covered == set(range(1, plan.max_batch_size + 1))
     assert all(list(s.graph_lower_bound.input[contract.PIXELS].dim) == [320, 320, 3] for s in specs)
 
 
 def test_python_steps_and_the_ensemble_take_small_batches_on_the_gpu(plan: ServingPlan) -> None:
-    cfgs = parsed(plan)
+    cfgs = parsed_configs(plan)
     for name in (contract.PREPROCESS, contract.POSTPROCESS, contract.ENSEMBLE):
         assert 1 <= cfgs[name].max_batch_size <= 2, name
 
 
 def test_steps_agree_on_uint8_pixels_and_fp32_alpha(plan: ServingPlan) -> None:
-    cfgs = parsed(plan)
-    produced = {t.name: t for name in (contract.PREPROCESS, contract.MATTING) for t in cfgs[name].output}
-    for name in (contract.MATTING, contract.POSTPROCESS):
-        for t in cfgs[name].input:
-            if t.name in produced:
-                assert (t.data_type, list(t.dims)) == (produced[t.name].data_type, list(produced[t.name].dims))
+    cfgs = parsed_configs(plan)
+    assert_steps_agree_on_tensors(cfgs)
     assert cfgs[contract.PREPROCESS].parameters["pixels"].string_value == "uint8"
     for step in cfgs[contract.ENSEMBLE].ensemble_scheduling.step:
         assert set(step.input_map) == {t.name for t in cfgs[step.model_name].input}
 
 
 def test_cuda_graphs_and_warmup_cover_the_common_batch_sizes(plan: ServingPlan) -> None:
-    matting = parsed(plan)[contract.MATTING]
+    matting = parsed_configs(plan)[contract.MATTING]
     assert matting.optimization.cuda.graphs
     specs = matting.optimization.cuda.graph_spec
     assert [s.batch_size for s in specs] == [1, 2, 4, 8, 16, 32]
@@ -107,7 +101,7 @@ def test_cuda_graphs_and_warmup_cover_the_common_batch_sizes(plan: ServingPlan) 
 
 
 def test_pre_and_post_stay_python_on_cpu_with_instances_from_the_cores(plan: ServingPlan) -> None:
-    cfgs = parsed(plan)
+    cfgs = parsed_configs(plan)
     for name, count in ((contract.PREPROCESS, 16 // 3), (contract.POSTPROCESS, 16 // 2)):
         assert cfgs[name].backend == "python"
         assert [(g.kind, g.count) for g in cfgs[name].instance_group] == [(KIND_CPU, count)]
@@ -115,13 +109,13 @@ def test_pre_and_post_stay_python_on_cpu_with_instances_from_the_cores(plan: Ser
 
 def test_every_batched_step_has_two_priority_levels_interactive_by_default(plan: ServingPlan) -> None:
     for name in (contract.PREPROCESS, contract.MATTING, contract.POSTPROCESS):
-        batching = parsed(plan)[name].dynamic_batching
+        batching = parsed_configs(plan)[name].dynamic_batching
         assert (batching.priority_levels, batching.default_priority_level) == (2, 1)
 
 
 def test_the_cpu_target_is_unchanged_by_the_gpu_options() -> None:
     cpu = ServingPlan.for_host(ZOO["u2netp"], Target.CPU, cores=2, max_batch_size=4, limits=ImageLimits())
-    cfgs = parsed(cpu)
+    cfgs = parsed_configs(cpu)
     assert cfgs[contract.PREPROCESS].output[0].data_type == model_config_pb2.TYPE_FP32
     assert list(cfgs[contract.PREPROCESS].output[0].dims) == [3, 320, 320]
     assert cfgs[contract.MATTING].backend == "python"

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from matteserve.errors import MatteserveError
-from matteserve.loadtest import gateway_metrics, triton_metrics
+from matteserve.loadtest import gateway_metrics, prometheus, triton_metrics
 from matteserve.loadtest.report import CrossCheck, LoadTestReport, RunRecord
 from matteserve.loadtest.stats import RunSummary, Sample
 from matteserve.loadtest.targets import check_loopback
@@ -46,7 +46,9 @@ METRICS_AFTER = (
 
 
 def test_breakdown_gives_batch_size_and_per_request_times_from_counter_deltas() -> None:
-    rows = triton_metrics.breakdown(triton_metrics.parse(METRICS_BEFORE), triton_metrics.parse(METRICS_AFTER))
+    rows = triton_metrics.breakdown(
+        *(triton_metrics.parse(prometheus.samples(t)) for t in (METRICS_BEFORE, METRICS_AFTER))
+    )
     assert [r.model for r in rows] == ["remove_background", "matting"]
     ensemble, matting = rows
     assert (ensemble.requests, ensemble.failures) == (20, 4)
@@ -63,7 +65,9 @@ def test_scrape_of_an_unreachable_endpoint_gives_none_not_an_error() -> None:
 
 def sample_report() -> LoadTestReport:
     report = LoadTestReport("triton 127.0.0.1:8001", "4 photos 1024x1024 JPEG", "png", {"mode": "closed"})
-    rows = triton_metrics.breakdown(triton_metrics.parse(METRICS_BEFORE), triton_metrics.parse(METRICS_AFTER))
+    rows = triton_metrics.breakdown(
+        *(triton_metrics.parse(prometheus.samples(t)) for t in (METRICS_BEFORE, METRICS_AFTER))
+    )
     for c, (rps, lat) in enumerate([(3.0, 0.3), (5.5, 0.4), (7.0, 0.6)], start=1):
         samples = [Sample(i * 0.1, i * 0.1, i * 0.1 + lat, "OK") for i in range(20)]
         samples.append(Sample(1.0, 1.0, 1.01, "INVALID_ARGUMENT"))
@@ -186,7 +190,9 @@ matteserve_gateway_triton_duration_seconds_sum{endpoint="127.0.0.1:8001"} 18.8
 
 
 def test_gateway_breakdown_counts_answers_by_code_and_splits_time_with_triton() -> None:
-    g = gateway_metrics.breakdown(gateway_metrics.parse(GATEWAY_BEFORE), gateway_metrics.parse(GATEWAY_AFTER))
+    g = gateway_metrics.breakdown(
+        *(gateway_metrics.parse(prometheus.samples(t)) for t in (GATEWAY_BEFORE, GATEWAY_AFTER))
+    )
     assert g.codes == {"OK": 20}  # codes that did not move are left out
     assert g.request_ms == pytest.approx(10.2 / 20 * 1000)
     assert g.triton_ms == pytest.approx(9.8 / 20 * 1000)

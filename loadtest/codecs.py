@@ -1,20 +1,12 @@
-"""The codec candidates for the per-image CPU work, measured side by side in one process.
-
-What the choices in ``matteserve/pipeline`` rest on: for each candidate, CPU time per image (median
-of repeats, mean over the photos, ``time.process_time`` so that library threads count) and output
-size, on the scikit-image photo set at each size with u2netp's own mattes. Candidates that are not
-project dependencies are measured when installed and skipped otherwise:
-
-    .venv/bin/pip install imagecodecs pyvips pyvips-binary "numpy<2"   # optional; Triton pins numpy<2
-    .venv/bin/python tools/codec_candidates.py --sizes 1024,2048
-"""
+"""``matteserve bench codecs``: what the codec choices in ``matteserve/pipeline`` rest on. CPU time per
+image is the median of repeats in ``time.process_time`` (so that library threads count), mean over the
+photo set, with u2netp's own mattes."""
 
 from __future__ import annotations
 
-import argparse
 import io
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import fpng
@@ -66,14 +58,11 @@ def png_encoders() -> dict[str, Callable[[np.ndarray], bytes]]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="1024,2048")
-    parser.add_argument("--repeats", type=int, default=7)
-    args = parser.parse_args()
+def measure_codecs(sizes: Sequence[int], repeats: int) -> None:
+    """Print each candidate's CPU milliseconds per image (and the PNGs' size) at each photo size."""
     spec = get_spec("u2netp")
     runner = stages.MattingRunner(weights_path(spec), spec, threads=1)
-    for size in (int(s) for s in args.sizes.split(",")):
+    for size in sizes:
         photos = [photo_jpeg(name, size) for name in PHOTOS]
         alphas = [runner.run([stages.preprocess(d, b"", spec, LIMITS)])[0] for d in photos]
         kept, cleared = [], []
@@ -88,7 +77,7 @@ def main() -> None:
         print(f"== {size} px: RGBA PNG encoders (colour kept / cleared under alpha 0)")
         for name, encode in png_encoders().items():
             for label, arrays in (("kept", kept), ("cleared", cleared)):
-                ms = statistics.mean(core_ms(partial(encode, a), args.repeats) for a in arrays)
+                ms = statistics.mean(core_ms(partial(encode, a), repeats) for a in arrays)
                 mb = statistics.mean(len(encode(a)) for a in arrays) / 1e6
                 print(f"  {name:32} {label:8} {ms:8.2f} core-ms {mb:7.3f} MB", flush=True)
         print(f"== {size} px: decode and upsample")
@@ -100,11 +89,7 @@ def main() -> None:
             "preprocess (decode, LANCZOS, normalise)": lambda d: stages.preprocess(d, b"", spec, LIMITS),
         }
         for name, fn in rows.items():
-            ms = statistics.mean(core_ms(partial(fn, d), args.repeats) for d in photos)
+            ms = statistics.mean(core_ms(partial(fn, d), repeats) for d in photos)
             print(f"  {name:42} {ms:8.2f} core-ms", flush=True)
-        ms = statistics.mean(core_ms(partial(output.upsample_alpha, a, (size, size)), args.repeats) for a in alphas)
+        ms = statistics.mean(core_ms(partial(output.upsample_alpha, a, (size, size)), repeats) for a in alphas)
         print(f"  {'alpha upsample 320 -> full, Pillow bilinear':42} {ms:8.2f} core-ms")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,16 +1,6 @@
-"""Hostile-caller figures on a real Triton + gateway (loopback): what a bomb, an unauthenticated flood
-and an unread stream cost the gateway. tests/integration/test_gateway_hostile.py asserts bounds on
-the same things; this prints the numbers. Run it on a quiet machine:
-
-    .venv/bin/python tools/bench_hostile.py
-
-  * health-check latency (p50, max) while 4 PNG bombs (60000x60000 1-bit, 437 KB) and 4 valid
-    9 MP RGBA PNGs are refused, the slowest refusal, and the gateway's peak RSS growth;
-  * 16 concurrent unauthenticated 16 MiB calls: outcome, time, peak RSS growth;
-  * a stream of 32 items (1 MiB RAW answers each) that is never read, stream window 2: items
-    worked on while 4 other calls complete;
-  * first, in this process: CPU milliseconds of open_image refusing the bomb and a PNG of 500k
-    text chunks.
+"""``matteserve bench hostile``: hostile-caller figures on a real Triton + gateway (loopback), what a
+bomb, an unauthenticated flood and an unread stream cost the gateway.
+tests/integration/test_gateway_hostile.py asserts bounds on the same things; this prints the numbers.
 """
 
 from __future__ import annotations
@@ -19,13 +9,12 @@ import asyncio
 import io
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 
 from matteserve.api.v1 import matteserve_pb2 as pb
 from matteserve.api.v1 import matteserve_pb2_grpc as pb_grpc
@@ -35,7 +24,7 @@ from matteserve.client.common import build_request
 from matteserve.errors import MatteserveError
 from matteserve.gateway import GatewayConfig, GatewayProcess
 from matteserve.gateway.auth import hash_key
-from matteserve.loadtest import hostile
+from matteserve.loadtest import hostile, prometheus
 from matteserve.loadtest.bench import free_port
 from matteserve.loadtest.hostile import png_bomb, png_chunk, png_with
 from matteserve.loadtest.images import photo_jpeg
@@ -69,17 +58,11 @@ def peak_rss_mib(gw: GatewayProcess) -> float:
 
 
 def streamed(gw: GatewayProcess) -> float:
-    with urllib.request.urlopen(gw.cfg.metrics_url, timeout=5) as r:
-        text = r.read().decode()
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == "matteserve_gateway_requests_total" and s.labels.get("method") == "RemoveStream"
-    )
+    found = prometheus.read(gw.cfg.metrics_url)
+    return prometheus.total(found, "matteserve_gateway_requests_total", method="RemoveStream")
 
 
-def gateway(triton: TritonServer, folder: Path, **settings: object) -> GatewayProcess:
+def gateway(triton: TritonServer, folder: Path, **settings: Any) -> GatewayProcess:
     cfg = GatewayConfig(tritons=(triton.cfg.grpc_url,), port=free_port(), metrics_port=free_port(), **settings)
     return GatewayProcess(cfg, log_path=folder / f"gateway-{cfg.port}.log").start()
 
@@ -149,7 +132,8 @@ def unread_stream(gw: GatewayProcess, window: int) -> None:
     )
 
 
-def main() -> None:
+def measure_hostile() -> None:
+    """Each case against a fresh gateway in front of one Triton, after the header costs in this process."""
     header_costs()
     with tempfile.TemporaryDirectory(prefix="bench-hostile-") as tmp:
         folder = Path(tmp)
@@ -171,7 +155,3 @@ def main() -> None:
                     gw.stop()
         finally:
             triton.stop()
-
-
-if __name__ == "__main__":
-    main()
