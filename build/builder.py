@@ -49,17 +49,16 @@ def build(
         from matteserve.build.gpu.build import build_gpu
 
         return build_gpu(spec, out, onnx=onnx, max_batch_size=max_batch_size, limits=limits, **plan_overrides)
+    caps = capabilities or runtime_choice.Capabilities.detect()
+    if plan_overrides.get("fold_input"):  # the folded graph is a rewrite of the one INT8 would quantise
+        if precision is Precision.INT8:
+            raise ModelError("--fold-input serves a rewritten graph in FP32 or BF16: not with --precision int8")
+        caps = replace(caps, nncf=False)
     source = weights.weights_path(spec, onnx)
     with tempfile.TemporaryDirectory() as tmp:
         prepared = onnx_prep.prepare(source, spec, Path(tmp) / "model.onnx")
         choice = runtime_choice.decide(
-            prepared.path,
-            spec,
-            os.cpu_count() or 1,
-            capabilities or runtime_choice.Capabilities.detect(),
-            runtime,
-            precision,
-            measure_seconds,
+            prepared.path, spec, os.cpu_count() or 1, caps, runtime, precision, measure_seconds
         )
         logger.info("runtime choice:\n%s", choice.summary())
         chosen: dict[str, Any] = {

@@ -18,6 +18,7 @@ from matteserve.build import configs, locks
 from matteserve.build.configs import ServingPlan
 from matteserve.model_repository import ADAPTERS
 from matteserve.pipeline.decode import ImageLimits
+from matteserve.runtimes import Precision, int8_model
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +79,12 @@ def fill(plan: ServingPlan, onnx: Path | None, folder: Path, manifest: dict[str,
         if adapter.is_file():
             shutil.copy2(adapter, folder / model / "1" / "model.py")
     if onnx is not None:  # None: the stand-in matting step, which has no model file
-        shutil.copy2(onnx, folder / contract.MATTING / "1" / plan.onnx_filename)
+        served = folder / contract.MATTING / "1" / plan.onnx_filename
+        shutil.copy2(onnx, served)
+        if plan.precision is Precision.INT8:  # the quantised model the build made beside the ONNX
+            source, target = int8_model(onnx), int8_model(served)
+            shutil.copy2(source, target)
+            shutil.copy2(source.with_suffix(".bin"), target.with_suffix(".bin"))
     stamp = {"matteserve": __version__, "adapters_sha256": adapters_digest(), **manifest}
     (folder / MANIFEST).write_text(json.dumps(stamp, indent=2) + "\n")
 

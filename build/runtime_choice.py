@@ -40,6 +40,7 @@ IOU_MEAN_LIMIT = 0.98
 IOU_MIN_LIMIT = 0.95
 MEAN_ABS_LIMIT = 3.0  # in 1/255, averaged over the photos
 REFERENCE = (Runtime.ONNXRUNTIME, Precision.FP32)
+INT8 = (Runtime.OPENVINO, Precision.INT8)
 MEASURE_SECONDS = 1.5  # end to end, per candidate
 E2E_SIZE = 1024  # px, the JPEGs the end-to-end measurement sends
 E2E_MIN_IMAGES = 4  # per candidate, however slow the model: fewer is noise
@@ -47,11 +48,13 @@ E2E_MIN_IMAGES = 4  # per candidate, however slow the model: fewer is noise
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What this machine offers the model: AVX-512 BF16 (or AMX), VNNI, and the OpenVINO package."""
+    """What this machine offers the model: AVX-512 BF16 (or AMX), VNNI, the OpenVINO package, and
+    NNCF to quantise for it."""
 
     bf16: bool
     vnni: bool
     openvino: bool
+    nncf: bool = False
 
     @classmethod
     def detect(cls, cpuinfo: str | None = None) -> Capabilities:
@@ -65,6 +68,7 @@ class Capabilities:
             bf16=bool(flags & {"avx512_bf16", "amx_bf16"}),
             vnni=bool(flags & {"avx512_vnni", "avx_vnni"}),
             openvino=importlib.util.find_spec("openvino") is not None,
+            nncf=importlib.util.find_spec("nncf") is not None,
         )
 
 
@@ -98,6 +102,8 @@ def engines(caps: Capabilities) -> list[tuple[Runtime, Precision]]:
         out.append((Runtime.OPENVINO, Precision.FP32))
         if caps.bf16:
             out.append((Runtime.OPENVINO, Precision.BF16))
+        if caps.vnni and caps.nncf:
+            out.append(INT8)
     return out
 
 
@@ -124,8 +130,12 @@ def candidates(
         why = []
         if not caps.openvino:
             why.append("the openvino package is not installed")
-        if not caps.bf16:
+        if precision is Precision.BF16 and not caps.bf16:
             why.append("this CPU has no AVX-512 BF16 or AMX")
+        if precision is Precision.INT8 and not caps.vnni:
+            why.append("this CPU has no VNNI")
+        if precision is Precision.INT8 and not caps.nncf:
+            why.append("the nncf package is not installed")
         raise ModelError(f"cannot serve {asked} here ({'; '.join(why) or 'no such combination'})")
     return [Candidate(r, p, t, i) for r, p in allowed for t, i in layouts(cores)]
 
@@ -362,12 +372,30 @@ def decide(
             first = next(c for c in options if c.engine == REFERENCE)
             return Choice(first, (), (), caps, measured=False, notes=(str(e),))
         raise
-    inputs = {
-        name: tensor.normalise(tensor.resize_for_model(Image.fromarray(px), spec, (px.shape[1], px.shape[0])), spec)
-        for name, px in gate_photos.items()
-    }
+
+    def model_inputs(pictures: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {
+            name: tensor.normalise(tensor.resize_for_model(Image.fromarray(px), spec, (px.shape[1], px.shape[0])), spec)
+            for name, px in pictures.items()
+        }
+
+    inputs = model_inputs(gate_photos)
     expected, reference_speed = _mattes(onnx, spec, RuntimeSettings(threads=cores), inputs)
     gates = [gate(*REFERENCE, expected, expected, reference_speed)]
+    notes: list[str] = []
+    if any(c.engine == INT8 for c in options):
+        from matteserve.build.quantize import quantize
+
+        tuning = model_inputs(photos.gate())
+        logger.info("quantising to INT8 with accuracy control on %d tuning photos (minutes)", len(tuning))
+        try:
+            quantize(onnx, spec, tuning, _mattes(onnx, spec, RuntimeSettings(threads=cores), tuning)[0])
+        except Exception as e:  # a quantiser failure costs this candidate, not the build
+            logger.warning("INT8 quantisation failed, not a candidate: %s", e)
+            notes.append(f"INT8 quantisation failed: {e}")
+            options = [c for c in options if c.engine != INT8]
+            if not options:
+                raise ModelError(f"INT8 quantisation failed: {e}") from e
     for engine in dict.fromkeys(c.engine for c in options):
         if engine != REFERENCE:
             actual, speed = _mattes(onnx, spec, RuntimeSettings(*engine, threads=cores), inputs)
@@ -392,7 +420,7 @@ def decide(
     if seconds <= 0:
         if options[0].engine not in passed:
             raise ModelError(f"{options[0].label()} fails the parity gate: {gates[-1].line()}")
-        return Choice(options[0], (), tuple(gates), caps, measured=False)
+        return Choice(options[0], (), tuple(gates), caps, measured=False, notes=tuple(notes))
     jpegs = [photos.jpeg(px, E2E_SIZE) for px in list(gate_photos.values())[:4]]
     measurements = []
     for candidate in options:
@@ -401,4 +429,4 @@ def decide(
             logger.info("%s: %.2f images/s end to end", candidate.label(), measurements[-1].images_per_s)
     if not measurements:
         raise ModelError("; ".join(g.line() for g in gates if not g.passed))
-    return Choice(choose(measurements, gates), tuple(measurements), tuple(gates), caps)
+    return Choice(choose(measurements, gates), tuple(measurements), tuple(gates), caps, notes=tuple(notes))

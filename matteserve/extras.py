@@ -20,6 +20,7 @@ EXTRA_OF_MODULE = {
     "fpng": "server",
     "cv2": "server",
     "openvino": "server",
+    "nncf": "server",
     "matplotlib": "loadtest",
     "skimage": "loadtest",
 }

@@ -3,6 +3,7 @@ given measurements, the parity gate, the fallback on CPUs without BF16, and what
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +11,13 @@ import pytest
 from PIL import Image
 
 from matteserve import contract
-from matteserve.build import configs, islands, photos, weights
+from matteserve.build import configs, islands, photos, quantize, weights
 from matteserve.build import runtime_choice as rc
 from matteserve.build.builder import build
 from matteserve.build.repository import read_manifest
 from matteserve.errors import ModelError
 from matteserve.pipeline import tensor
-from matteserve.runtimes import Precision, Runtime, RuntimeSettings
+from matteserve.runtimes import INT8_MODEL, Precision, Runtime, RuntimeSettings
 from matteserve.stages import MattingRunner
 from matteserve.zoo import get_spec
 
@@ -24,6 +25,7 @@ from .test_onnx_prep import SPEC, tiny_model  # type: ignore[import-not-found]
 
 ALL = rc.Capabilities(bf16=True, vnni=True, openvino=True)
 PLAIN = rc.Capabilities(bf16=False, vnni=False, openvino=True)  # e.g. an AVX2-only CPU
+QUANTISING = rc.Capabilities(bf16=True, vnni=True, openvino=True, nncf=True)
 
 ORT = rc.Candidate(Runtime.ONNXRUNTIME, Precision.FP32, 2, 1)
 OV = rc.Candidate(Runtime.OPENVINO, Precision.FP32, 1, 2)
@@ -84,6 +86,53 @@ def test_asking_for_bf16_where_the_cpu_has_none_says_why() -> None:
         rc.candidates(2, PLAIN, precision=Precision.BF16)
 
 
+def test_int8_is_a_candidate_only_with_vnni_openvino_and_nncf() -> None:
+    assert rc.INT8 not in {c.engine for c in rc.candidates(2, ALL)}  # no nncf
+    assert rc.INT8 in {c.engine for c in rc.candidates(2, QUANTISING)}
+    assert rc.INT8 not in {c.engine for c in rc.candidates(2, replace(QUANTISING, vnni=False))}
+    with pytest.raises(ModelError, match="no VNNI; the nncf package is not installed"):
+        rc.candidates(2, PLAIN, precision=Precision.INT8)
+    assert rc.Capabilities.detect("flags : avx2").nncf  # the dev install has it
+
+
+def test_int8_is_quantised_gated_on_held_out_photos_and_served_from_the_repository(tmp_path: Path) -> None:
+    repo = build(
+        SPEC, tmp_path / "repo", onnx=tiny_model(tmp_path), max_batch_size=1, precision=Precision.INT8,
+        measure_seconds=0, capabilities=QUANTISING,
+    )  # fmt: skip
+    manifest = read_manifest(repo)
+    assert manifest is not None
+    choice = manifest["runtime_choice"]
+    assert (choice["runtime"], choice["precision"]) == ("openvino", "int8")
+    (int8_gate,) = [g for g in choice["gates"] if g["precision"] == "int8"]
+    assert int8_gate["passed"]
+    assert {p["photo"] for p in int8_gate["photos"]} == set(photos.gate_photos())  # not the tuning photos
+    assert not set(photos.gate_photos()) & set(photos.gate())
+    served = repo / contract.MATTING / "1"
+    assert (served / INT8_MODEL).is_file()
+    assert (served / INT8_MODEL).with_suffix(".bin").is_file()
+    matting = configs.from_pbtxt((repo / contract.MATTING / "config.pbtxt").read_text())
+    assert matting.parameters["precision"].string_value == "int8"
+    x = np.random.default_rng(0).normal(size=(3, 8, 8)).astype(np.float32)
+    int8 = MattingRunner(served / "model.onnx", SPEC, settings=RuntimeSettings(Runtime.OPENVINO, Precision.INT8, 1))
+    fp32 = MattingRunner(served / "model.onnx", SPEC, threads=1)
+    assert np.abs(int8.run([x])[0].astype(int) - fp32.run([x])[0]).mean() <= 3
+
+
+def test_the_quantiser_scores_a_matte_by_overlap_and_by_error() -> None:
+    a = np.zeros((10, 10), np.uint8)
+    a[:, :5] = 255
+    assert quantize.score(a, a) == 1.0
+    assert quantize.score(a, np.zeros_like(a)) == 0.0  # no foreground left
+    off_by_5 = a + np.uint8(5) * (a == 0)
+    assert quantize.score(a, off_by_5) == pytest.approx(1 - 10 * 2.5 / 255)  # same side of 0.5 everywhere
+
+
+def test_fold_input_is_refused_with_int8(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="not with --precision int8"):
+        build(SPEC, tmp_path / "repo", onnx=tiny_model(tmp_path), precision=Precision.INT8, fold_input=True)
+
+
 def test_capabilities_come_from_the_cpu_flags() -> None:
     assert rc.Capabilities.detect("flags : fpu avx2 avx512f avx512_vnni avx512_bf16").bf16
     plain = rc.Capabilities.detect("flags : fpu avx2 fma")
@@ -134,7 +183,7 @@ def test_build_without_bf16_falls_back_to_fp32_and_stores_the_choice(tmp_path: P
     manifest = read_manifest(repo)
     assert manifest is not None
     choice = manifest["runtime_choice"]
-    assert choice["capabilities"] == {"bf16": False, "vnni": False, "openvino": True}
+    assert choice["capabilities"] == {"bf16": False, "vnni": False, "openvino": True, "nncf": False}
     assert choice["precision"] == "fp32"
     assert {g["precision"] for g in choice["gates"]} == {"fp32"}
     assert all(g["passed"] for g in choice["gates"])
