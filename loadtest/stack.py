@@ -241,7 +241,8 @@ def measure_stack(
         ok, errors = asyncio.run(_run(url, inputs, fmt, concurrency, Bounds(seconds, 1_000_000, warmup_s=0.0)))
         wall = time.perf_counter() - start
         client = time.process_time() - client_start
-        after, metrics_after = process_cpu(triton_pid), triton_metrics.scrape(metrics_url)
+        after = process_cpu(triton_pid)
+        metrics_after = triton_metrics.scrape_settled(metrics_url, metrics_before, ok)
         if errors:
             logger.warning("%d px %s: %d requests failed", size, fmt.value, errors)
         per_image = 1000.0 / max(ok, 1)

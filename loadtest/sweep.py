@@ -61,9 +61,9 @@ async def sweep(
         before = triton_metrics.scrape(triton_metrics_url) if triton_metrics_url else None
         gw_before = gateway_metrics.scrape(gateway_metrics_url) if gateway_metrics_url else None
         result = await run_one(target, inputs, plan, load)
-        after = triton_metrics.scrape(triton_metrics_url) if triton_metrics_url else None
-        gw_after = gateway_metrics.scrape(gateway_metrics_url) if gateway_metrics_url else None
         summary = result.summary()
+        after = triton_metrics.scrape_settled(triton_metrics_url, before, summary.ok) if triton_metrics_url else None
+        gw_after = gateway_metrics.scrape(gateway_metrics_url) if gateway_metrics_url else None
         logger.info(
             "%s %g: %d sent, %d OK, %.2f req/s, p99 %.0f ms",
             plan.mode.value,

@@ -8,6 +8,7 @@ request rode in; divided by ``avg_batch`` it is the cost of one image.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -46,6 +47,23 @@ def parse(found: Iterable[Sample]) -> Snapshot:
 def scrape(url: str, timeout: float = 5.0) -> Snapshot | None:
     found = prometheus.scrape(url, timeout)
     return parse(found) if found is not None else None
+
+
+def scrape_settled(url: str, before: Snapshot | None, answered: int, wait_s: float = 2.0) -> Snapshot | None:
+    """The snapshot after a run in which the ensemble answered ``answered`` requests successfully.
+
+    Triton counts a request once its response is on its way, so a scrape taken as the last answer
+    arrives can miss it: scrape again (for at most ``wait_s``) until the ensemble's successes since
+    ``before`` include every answer the caller saw."""
+    key = ("nv_inference_request_success", contract.ENSEMBLE)
+    deadline = time.monotonic() + wait_s
+    while True:
+        after = scrape(url)
+        if after is None or before is None or time.monotonic() >= deadline:
+            return after
+        if after.get(key, 0.0) - before.get(key, 0.0) >= answered:
+            return after
+        time.sleep(0.05)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import csv
+import http.server
+import itertools
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -197,3 +200,32 @@ def test_gateway_breakdown_counts_answers_by_code_and_splits_time_with_triton() 
     assert g.request_ms == pytest.approx(10.2 / 20 * 1000)
     assert g.triton_ms == pytest.approx(9.8 / 20 * 1000)
     assert g.own_ms == pytest.approx(0.4 / 20 * 1000)
+
+
+def test_the_after_scrape_waits_for_triton_to_count_every_answer_the_caller_saw() -> None:
+    """Triton counts a request once its response is on its way: the first scrapes after a run may
+    not include the last answers yet."""
+    counts = itertools.chain([3, 3], itertools.repeat(5))
+
+    class Metrics(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = f'nv_inference_request_success{{model="remove_background",version="1"}} {next(counts)}\n'.encode()
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+        before = {("nv_inference_request_success", "remove_background"): 0.0}
+        after = triton_metrics.scrape_settled(url, before, answered=5)
+        assert after is not None
+        assert after[("nv_inference_request_success", "remove_background")] == 5
+        # A caller that saw more answers than Triton will ever count gets the last scrape, in bounded time.
+        assert triton_metrics.scrape_settled(url, before, answered=9, wait_s=0.2) is not None
+    finally:
+        server.shutdown()
