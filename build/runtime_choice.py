@@ -391,7 +391,7 @@ def decide(
         try:
             quantize(onnx, spec, tuning, _mattes(onnx, spec, RuntimeSettings(threads=cores), tuning)[0])
         except Exception as e:  # a quantiser failure costs this candidate, not the build
-            logger.warning("INT8 quantisation failed, not a candidate: %s", e)
+            logger.warning("INT8 quantisation failed, not a candidate: %s", e, exc_info=True)
             notes.append(f"INT8 quantisation failed: {e}")
             options = [c for c in options if c.engine != INT8]
             if not options:

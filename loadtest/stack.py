@@ -89,8 +89,14 @@ def stage_costs(
         check=False,
     )
     if proc.returncode != 0:
-        raise MatteserveError(f"measuring the stage costs failed: {proc.stderr.decode(errors='replace')[-2000:]}")
-    costs: list[StageCost] = pickle.loads(proc.stdout)
+        raise MatteserveError(
+            f"measuring the stage costs failed (exit code {proc.returncode}): "
+            f"{proc.stderr.decode(errors='replace')[-2000:] or 'no output'}"
+        )
+    try:
+        costs: list[StageCost] = pickle.loads(proc.stdout)
+    except (pickle.UnpicklingError, EOFError) as e:
+        raise MatteserveError(f"the stage-cost process wrote something other than its result: {e}") from e
     return costs
 
 

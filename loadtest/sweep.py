@@ -62,7 +62,8 @@ async def sweep(
         gw_before = gateway_metrics.scrape(gateway_metrics_url) if gateway_metrics_url else None
         result = await run_one(target, inputs, plan, load)
         summary = result.summary()
-        after = triton_metrics.scrape_settled(triton_metrics_url, before, summary.ok) if triton_metrics_url else None
+        answered = sum(1 for sample in result.samples if sample.code == "OK")  # warm-up too: `before` precedes it
+        after = triton_metrics.scrape_settled(triton_metrics_url, before, answered) if triton_metrics_url else None
         gw_after = gateway_metrics.scrape(gateway_metrics_url) if gateway_metrics_url else None
         logger.info(
             "%s %g: %d sent, %d OK, %.2f req/s, p99 %.0f ms",

@@ -8,6 +8,7 @@ request rode in; divided by ``avg_batch`` it is the cost of one image.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from prometheus_client.samples import Sample
 
 from matteserve import contract
 from matteserve.loadtest import prometheus
+
+logger = logging.getLogger(__name__)
 
 COUNTERS = (
     "nv_inference_request_success",
@@ -59,9 +62,20 @@ def scrape_settled(url: str, before: Snapshot | None, answered: int, wait_s: flo
     deadline = time.monotonic() + wait_s
     while True:
         after = scrape(url)
-        if after is None or before is None or time.monotonic() >= deadline:
+        if after is None or before is None:
             return after
-        if after.get(key, 0.0) - before.get(key, 0.0) >= answered:
+        counted = after.get(key, 0.0) - before.get(key, 0.0)
+        if counted >= answered:
+            return after
+        if time.monotonic() >= deadline:
+            logger.warning(
+                "%s counts %d successes for %d answers after %.1f s (another caller's, or another Triton's?); "
+                "its breakdown may miss some",
+                url,
+                counted,
+                answered,
+                wait_s,
+            )
             return after
         time.sleep(0.05)
 

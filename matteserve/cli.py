@@ -120,6 +120,16 @@ MaxBatchOpt = Annotated[
     int | None, typer.Option(help="Max batch size; by default measured on this machine (CPU target).")
 ]
 MaxPixelsOpt = Annotated[int, typer.Option(help="Largest input accepted, in pixels.")]
+RuntimeOpt = Annotated[
+    Runtime | None, typer.Option(help="CPU: serve the model in this runtime (default: the fastest measured).")
+]
+PrecisionOpt = Annotated[
+    Precision | None,
+    typer.Option(
+        help="CPU: fp32 forces FP32 arithmetic (with --runtime onnxruntime, the reference); default: the "
+        "fastest that passes the gate (INT8 where the CPU has VNNI)."
+    ),
+]
 
 
 @app.command()
@@ -163,13 +173,8 @@ def build(
     fold_input: Annotated[
         bool, typer.Option(help="CPU: preprocess sends uint8 pixels to a graph that normalises them (as on GPU).")
     ] = False,
-    runtime: Annotated[
-        Runtime | None, typer.Option(help="CPU: serve the model in this runtime (default: the fastest measured).")
-    ] = None,
-    precision: Annotated[
-        Precision | None,
-        typer.Option(help="CPU: fp32 forces the reference arithmetic (default: the fastest that passes the gate)."),
-    ] = None,
+    runtime: RuntimeOpt = None,
+    precision: PrecisionOpt = None,
     measure_seconds: Annotated[
         float,
         typer.Option(help="CPU: seconds each runtime candidate is measured end to end; 0 keeps the reference."),
@@ -230,6 +235,8 @@ def serve(
     metrics_port: Annotated[int, typer.Option(help="Triton metrics port.")] = 8002,
     max_batch_size: MaxBatchOpt = None,
     max_pixels: MaxPixelsOpt = ImageLimits.max_pixels,
+    runtime: RuntimeOpt = None,
+    precision: PrecisionOpt = None,
     allow_stand_in: Annotated[
         bool, typer.Option(help="Serve a stand-in repository (`build --model null`: a fixed matte, no model).")
     ] = False,
@@ -264,8 +271,11 @@ def serve(
             "It is for measuring the stack (`matteserve bench`); pass --allow-stand-in to serve it anyway"
         )
     limits = ImageLimits(max_pixels=max_pixels)
-    if repository is None and (rebuild or not is_current(repo, limits, max_batch_size)):
-        build_repository(spec, repo, max_batch_size=max_batch_size, limits=limits)
+    chosen = (read_manifest(repo) or {}).get("runtime_choice", {})
+    # A repository that runs the model otherwise than asked is rebuilt, like a stale one.
+    other = any(v is not None and chosen.get(k) != v.value for k, v in (("runtime", runtime), ("precision", precision)))
+    if repository is None and (rebuild or other or not is_current(repo, limits, max_batch_size)):
+        build_repository(spec, repo, max_batch_size=max_batch_size, limits=limits, runtime=runtime, precision=precision)
     check_repository(repo)  # a GPU repository's engine must fit this GPU and TensorRT
     cfg = TritonConfig(repo, address=address, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
     stop = threading.Event()

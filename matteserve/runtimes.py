@@ -126,8 +126,11 @@ class OpenvinoSession:
         )
         self.output_names = tuple(o.name for o in graph.graph.output)
         if settings.precision is Precision.INT8:
+            quantised = int8_model(onnx_path)
+            if not (quantised.is_file() and quantised.with_suffix(".bin").is_file()):
+                raise ModelError(f"{quantised} (and its .bin) is missing: rebuild the repository (matteserve build)")
             # Quantised layers run in int8 whatever the hint; the layers left in FP32 stay FP32.
-            models = [(core.read_model(str(int8_model(onnx_path))), True)]
+            models = [(core.read_model(str(quantised)), True)]
         elif settings.fp32_nodes:
             pieces = segments.split(graph, settings.fp32_nodes)
             models = [(core.read_model(p.model.SerializeToString(), b""), p.fp32) for p in pieces]

@@ -116,5 +116,6 @@ def test_serving_processes_keep_image_sized_buffers_unless_told_otherwise() -> N
     env = container.serving_environment({"PATH": "/bin"})
     assert env == {"PATH": "/bin", "OMP_NUM_THREADS": "1", **container.MALLOC_ENV}
     assert int(env["MALLOC_MMAP_THRESHOLD_"]) == 32 * 2**20  # glibc refuses more
+    assert env["MALLOC_ARENA_MAX"] == "2"
     mine = container.serving_environment({"MALLOC_TRIM_THRESHOLD_": "0", "OMP_NUM_THREADS": "4"})
     assert (mine["MALLOC_TRIM_THRESHOLD_"], mine["OMP_NUM_THREADS"]) == ("0", "4")

@@ -101,7 +101,7 @@ def test_images_that_start_a_server_directly_give_it_the_allocator_settings_serv
     """`matteserve serve` (the CPU image) sets them in code; these two images start their server
     without it."""
     envs = " ".join(a for op, a in instructions(DOCKER / image) if op == "ENV").split()
-    assert {f"{k}={v}" for k, v in container.MALLOC_ENV.items()} <= set(envs)
+    assert {f"{k}={v}" for k, v in container.serving_environment({}).items()} <= set(envs)
 
 
 def test_the_gpu_image_bakes_in_weights_and_photos_and_leaves_out_what_it_does_not_run() -> None:

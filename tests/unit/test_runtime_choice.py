@@ -11,13 +11,13 @@ import pytest
 from PIL import Image
 
 from matteserve import contract
-from matteserve.build import configs, islands, photos, quantize, weights
+from matteserve.build import configs, islands, photos, quantize, repository, weights
 from matteserve.build import runtime_choice as rc
 from matteserve.build.builder import build
 from matteserve.build.repository import read_manifest
 from matteserve.errors import ModelError
 from matteserve.pipeline import tensor
-from matteserve.runtimes import INT8_MODEL, Precision, Runtime, RuntimeSettings
+from matteserve.runtimes import Precision, Runtime, RuntimeSettings, int8_model
 from matteserve.stages import MattingRunner
 from matteserve.zoo import get_spec
 
@@ -95,28 +95,37 @@ def test_int8_is_a_candidate_only_with_vnni_openvino_and_nncf() -> None:
     assert rc.Capabilities.detect("flags : avx2").nncf  # the dev install has it
 
 
-def test_int8_is_quantised_gated_on_held_out_photos_and_served_from_the_repository(tmp_path: Path) -> None:
-    repo = build(
-        SPEC, tmp_path / "repo", onnx=tiny_model(tmp_path), max_batch_size=1, precision=Precision.INT8,
-        measure_seconds=0, capabilities=QUANTISING,
-    )  # fmt: skip
-    manifest = read_manifest(repo)
-    assert manifest is not None
-    choice = manifest["runtime_choice"]
-    assert (choice["runtime"], choice["precision"]) == ("openvino", "int8")
-    (int8_gate,) = [g for g in choice["gates"] if g["precision"] == "int8"]
-    assert int8_gate["passed"]
-    assert {p["photo"] for p in int8_gate["photos"]} == set(photos.gate_photos())  # not the tuning photos
-    assert not set(photos.gate_photos()) & set(photos.gate())
-    served = repo / contract.MATTING / "1"
-    assert (served / INT8_MODEL).is_file()
-    assert (served / INT8_MODEL).with_suffix(".bin").is_file()
-    matting = configs.from_pbtxt((repo / contract.MATTING / "config.pbtxt").read_text())
-    assert matting.parameters["precision"].string_value == "int8"
-    x = np.random.default_rng(0).normal(size=(3, 8, 8)).astype(np.float32)
-    int8 = MattingRunner(served / "model.onnx", SPEC, settings=RuntimeSettings(Runtime.OPENVINO, Precision.INT8, 1))
-    fp32 = MattingRunner(served / "model.onnx", SPEC, threads=1)
-    assert np.abs(int8.run([x])[0].astype(int) - fp32.run([x])[0]).mean() <= 3
+def test_an_int8_model_that_nncf_had_to_make_all_fp32_is_refused(tmp_path: Path) -> None:
+    """A 1x1-conv model: NNCF puts its one quantised operation back into FP32 to meet the limit."""
+    with pytest.raises(ModelError, match="INT8 quantisation failed: no operation stays INT8"):
+        build(
+            SPEC, tmp_path / "repo", onnx=tiny_model(tmp_path), max_batch_size=1, precision=Precision.INT8,
+            measure_seconds=0, capabilities=QUANTISING,
+        )  # fmt: skip
+
+
+def test_an_int8_repository_serves_its_quantised_model_and_says_when_it_is_missing(tmp_path: Path) -> None:
+    import nncf
+    import openvino as ov
+
+    onnx = tiny_model(tmp_path)
+    rng = np.random.default_rng(0)
+    samples = [rng.normal(size=(1, 3, 8, 8)).astype(np.float32) for _ in range(4)]
+    quantised = nncf.quantize(ov.Core().read_model(str(onnx)), nncf.Dataset(samples), subset_size=4)
+    assert quantize.quantised_operations(quantised) > 0
+    ov.save_model(quantised, str(int8_model(onnx)), compress_to_fp16=False)
+    plan = configs.ServingPlan.for_host(
+        SPEC, configs.Target.CPU, max_batch_size=1, runtime=Runtime.OPENVINO, precision=Precision.INT8
+    )
+    repo = repository.write(plan, onnx, tmp_path / "repo", {})
+    served = repo / contract.MATTING / "1" / plan.onnx_filename
+    int8 = MattingRunner(served, SPEC, settings=RuntimeSettings(Runtime.OPENVINO, Precision.INT8, 1))
+    fp32 = MattingRunner(served, SPEC, threads=1)
+    for x in samples:  # quantised: close to FP32, and not FP32 itself
+        assert 0 < np.abs(int8.run([x[0]])[0].astype(int) - fp32.run([x[0]])[0]).mean() <= 12
+    int8_model(served).unlink()
+    with pytest.raises(ModelError, match=r"model-int8.xml \(and its .bin\) is missing: rebuild"):
+        MattingRunner(served, SPEC, settings=RuntimeSettings(Runtime.OPENVINO, Precision.INT8, 1))
 
 
 def test_the_quantiser_scores_a_matte_by_overlap_and_by_error() -> None:
