@@ -112,11 +112,25 @@ def read_manifest(repository: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def built_for_this_cpu(manifest: dict[str, Any], cpuinfo: str | None = None) -> bool:
+    """Whether a CPU build's runtime choice was made on a CPU with this one's BF16 and VNNI: a
+    repository built elsewhere (a shared volume, a copied cache) was gated and measured for that CPU."""
+    from matteserve.build.runtime_choice import Capabilities
+
+    built = manifest.get("runtime_choice", {}).get("capabilities")
+    if built is None:  # GPU and stand-in builds choose no CPU runtime
+        return True
+    here = Capabilities.detect(cpuinfo)
+    return (built.get("bf16"), built.get("vnni")) == (here.bf16, here.vnni)
+
+
 def is_current(repository: Path, limits: ImageLimits | None = None, max_batch_size: int | None = None) -> bool:
-    """Whether ``repository`` was built by this matteserve's adapters, with these limits and (when
-    given) this max batch size."""
+    """Whether ``repository`` was built by this matteserve's adapters, for this CPU, with these limits
+    and (when given) this max batch size."""
     manifest = read_manifest(repository)
     if manifest is None or manifest.get("adapters_sha256") != adapters_digest():
+        return False
+    if not built_for_this_cpu(manifest):
         return False
     if limits is not None and manifest.get("limits") != asdict(limits):
         return False

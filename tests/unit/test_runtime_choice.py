@@ -263,3 +263,11 @@ def test_measured_fp32_islands_reach_the_served_candidates() -> None:
     mixed = rc.GateReport(*BF16.engine, (rc.PhotoGate("p", 0.995, 0.2),), fp32_nodes=((10, 20),))
     assert rc.choose(measured, [full, mixed]) == island
     assert rc.choose(measured, [full]) == ORT
+
+
+def test_a_cpu_build_is_current_only_on_a_cpu_with_the_same_bf16_and_vnni() -> None:
+    manifest = {"runtime_choice": {"capabilities": {"bf16": True, "vnni": True, "openvino": True, "nncf": True}}}
+    assert repository.built_for_this_cpu(manifest, "flags : avx2 avx512_vnni avx512_bf16")
+    assert not repository.built_for_this_cpu(manifest, "flags : avx2 avx512_vnni")  # no BF16 here
+    assert not repository.built_for_this_cpu(manifest, "flags : avx2")  # e.g. a volume moved to an older host
+    assert repository.built_for_this_cpu({"target": "gpu"}, "flags : avx2")  # no CPU runtime was chosen
