@@ -3,7 +3,7 @@
 Quantising every layer of U2-Net-p to INT8 breaks it (IoU 0.79 against FP32 on the gate photos).
 NNCF's accuracy-controlled quantisation puts layers back into FP32, most damaging first, until the
 model's worst photo is within :data:`MAX_DROP` of FP32 on a tuning set; the result is an OpenVINO
-model (:func:`matteserve.runtimes.int8_model`) that the build then judges like any other candidate,
+model (:func:`matteserve.runtimes.int8_files`) that the build then judges like any other candidate,
 on the gate photos (:mod:`.runtime_choice`). The tuning set is :func:`matteserve.build.photos.gate`
 (a street photo, and product cut-outs on white, grey and dark backgrounds). The gate is only partly
 held out from it: three of the gate's nine photos are near-copies of tuning photos (scikit-image's
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from matteserve.errors import ModelError
-from matteserve.runtimes import int8_model
+from matteserve.runtimes import int8_files
 from matteserve.zoo import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def quantize(onnx: Path, spec: ModelSpec, inputs: Mapping[str, np.ndarray], expe
     if not (kept := quantised_operations(quantized)):
         raise ModelError("no operation stays INT8 within the accuracy limit: the INT8 model would be FP32")
     logger.info("INT8: %d quantisation nodes kept", kept)
-    out = int8_model(onnx)
+    out, _ = int8_files(onnx)
     ov.save_model(quantized, str(out), compress_to_fp16=False)
     return out
 

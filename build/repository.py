@@ -18,7 +18,7 @@ from matteserve.build import configs, locks
 from matteserve.build.configs import ServingPlan
 from matteserve.model_repository import ADAPTERS
 from matteserve.pipeline.decode import ImageLimits
-from matteserve.runtimes import Precision, int8_model
+from matteserve.runtimes import Precision, Runtime, int8_files
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +82,8 @@ def fill(plan: ServingPlan, onnx: Path | None, folder: Path, manifest: dict[str,
         served = folder / contract.MATTING / "1" / plan.onnx_filename
         shutil.copy2(onnx, served)
         if plan.precision is Precision.INT8:  # the quantised model the build made beside the ONNX
-            source, target = int8_model(onnx), int8_model(served)
-            shutil.copy2(source, target)
-            shutil.copy2(source.with_suffix(".bin"), target.with_suffix(".bin"))
+            for source, target in zip(int8_files(onnx), int8_files(served), strict=True):
+                shutil.copy2(source, target)
     stamp = {"matteserve": __version__, "adapters_sha256": adapters_digest(), **manifest}
     (folder / MANIFEST).write_text(json.dumps(stamp, indent=2) + "\n")
 
@@ -124,13 +123,25 @@ def built_for_this_cpu(manifest: dict[str, Any], cpuinfo: str | None = None) -> 
     return (built.get("bf16"), built.get("vnni")) == (here.bf16, here.vnni)
 
 
-def is_current(repository: Path, limits: ImageLimits | None = None, max_batch_size: int | None = None) -> bool:
+def is_current(
+    repository: Path,
+    limits: ImageLimits | None = None,
+    max_batch_size: int | None = None,
+    runtime: Runtime | None = None,
+    precision: Precision | None = None,
+) -> bool:
     """Whether ``repository`` was built by this matteserve's adapters, for this CPU, with these limits
-    and (when given) this max batch size."""
+    and (when given) this max batch size, runtime and precision."""
     manifest = read_manifest(repository)
     if manifest is None or manifest.get("adapters_sha256") != adapters_digest():
         return False
     if not built_for_this_cpu(manifest):
+        return False
+    chosen = manifest.get("runtime_choice", {})
+    if any(
+        asked is not None and chosen.get(key) != asked.value
+        for key, asked in (("runtime", runtime), ("precision", precision))
+    ):
         return False
     if limits is not None and manifest.get("limits") != asdict(limits):
         return False

@@ -13,10 +13,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from matteserve import container
 from matteserve.errors import BackendUnavailable
 from matteserve.gateway.config import GatewayConfig
-from matteserve.tritonserver import die_with_parent
+from matteserve.tritonserver import launch
 
 logger = logging.getLogger(__name__)
 
@@ -50,16 +49,9 @@ class GatewayProcess:
 
     def start(self, timeout: float = 30.0, wait_serving: bool = True) -> GatewayProcess:
         """Start, wait until the port answers health checks (and until SERVING, unless told not to)."""
-        log = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
-        cmd = die_with_parent([sys.executable, "-m", "matteserve", "gateway", *self.cfg.to_args()])
+        cmd = [sys.executable, "-m", "matteserve", "gateway", *self.cfg.to_args()]
         logger.info("starting gateway: %s", " ".join(cmd))
-        self.process = subprocess.Popen(
-            cmd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=container.serving_environment(self.env or os.environ),
-            start_new_session=True,
-        )
+        self.process = launch(cmd, self.env or os.environ, self.log_path)
         want = {"SERVING"} if wait_serving else {"SERVING", "NOT_SERVING"}
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

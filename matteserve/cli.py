@@ -271,10 +271,7 @@ def serve(
             "It is for measuring the stack (`matteserve bench`); pass --allow-stand-in to serve it anyway"
         )
     limits = ImageLimits(max_pixels=max_pixels)
-    chosen = (read_manifest(repo) or {}).get("runtime_choice", {})
-    # A repository that runs the model otherwise than asked is rebuilt, like a stale one.
-    other = any(v is not None and chosen.get(k) != v.value for k, v in (("runtime", runtime), ("precision", precision)))
-    if repository is None and (rebuild or other or not is_current(repo, limits, max_batch_size)):
+    if repository is None and (rebuild or not is_current(repo, limits, max_batch_size, runtime, precision)):
         build_repository(spec, repo, max_batch_size=max_batch_size, limits=limits, runtime=runtime, precision=precision)
     check_repository(repo)  # a GPU repository's engine must fit this GPU and TensorRT
     cfg = TritonConfig(repo, address=address, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)

@@ -37,9 +37,10 @@ class Precision(str, enum.Enum):
 INT8_MODEL = "model-int8.xml"  # with its weights in model-int8.bin
 
 
-def int8_model(onnx_path: Path) -> Path:
-    """Where the quantised OpenVINO model of ``onnx_path`` is kept: beside it."""
-    return onnx_path.with_name(INT8_MODEL)
+def int8_files(onnx_path: Path) -> tuple[Path, Path]:
+    """The quantised OpenVINO model of ``onnx_path``, kept beside it: its graph (.xml), its weights (.bin)."""
+    graph = onnx_path.with_name(INT8_MODEL)
+    return graph, graph.with_suffix(".bin")
 
 
 @dataclass(frozen=True)
@@ -126,8 +127,8 @@ class OpenvinoSession:
         )
         self.output_names = tuple(o.name for o in graph.graph.output)
         if settings.precision is Precision.INT8:
-            quantised = int8_model(onnx_path)
-            if not (quantised.is_file() and quantised.with_suffix(".bin").is_file()):
+            quantised, weights = int8_files(onnx_path)
+            if not (quantised.is_file() and weights.is_file()):
                 raise ModelError(f"{quantised} (and its .bin) is missing: rebuild the repository (matteserve build)")
             # Quantised layers run in int8 whatever the hint; the layers left in FP32 stay FP32.
             models = [(core.read_model(str(quantised)), True)]

@@ -17,6 +17,7 @@ import sys
 import sysconfig
 import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,7 +153,7 @@ def command(cfg: TritonConfig) -> list[str]:
 
 def environment() -> dict[str, str]:
     """The stub runs the system libpython; it needs this environment's packages and matteserve."""
-    env = container.serving_environment(os.environ)
+    env = dict(os.environ)
     package_root = Path(matteserve.__file__).resolve().parent.parent
     paths = [str(package_root), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
     if env.get("PYTHONPATH"):
@@ -178,6 +179,21 @@ def die_with_parent(argv: list[str]) -> list[str]:
     return [setpriv, "--pdeathsig", "TERM", "--", *argv]
 
 
+def launch(argv: list[str], env: Mapping[str, str], log_path: Path | None) -> subprocess.Popen[bytes]:
+    """A server process (tritonserver, the gateway): the serving environment over ``env``
+    (``container.serving_environment``), its own process group (stopping it stops its children),
+    dying with the thread that started it (:func:`die_with_parent`), output appended to ``log_path``."""
+    with contextlib.ExitStack() as files:
+        log = files.enter_context(log_path.open("ab")) if log_path else subprocess.DEVNULL
+        return subprocess.Popen(
+            die_with_parent(argv),
+            env=container.serving_environment(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 class TritonServer:
     """A tritonserver process: start, wait until ready, stop (SIGINT, then SIGKILL).
 
@@ -191,16 +207,9 @@ class TritonServer:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 180.0) -> TritonServer:
-        log = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
         remove_stale_shm(shm_prefix(self.cfg))
         logger.info("starting Triton: %s", " ".join(command(self.cfg)))
-        self.process = subprocess.Popen(
-            die_with_parent(command(self.cfg)),
-            env=environment(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.process = launch(command(self.cfg), environment(), self.log_path)
         self.wait_ready(timeout)
         return self
 

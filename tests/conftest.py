@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from matteserve import contract
+from matteserve import container, contract
 from matteserve.build.builder import build
 from matteserve.loadtest.bench import free_port
 from matteserve.loadtest.runner import Target
@@ -51,6 +51,13 @@ def assert_steps_agree_on_tensors(cfgs: dict[str, model_config_pb2.ModelConfig])
         for t in cfgs[name].input:
             if t.name in produced:
                 assert (t.data_type, list(t.dims)) == (produced[t.name].data_type, list(produced[t.name].dims))
+
+
+def runs_with_serving_environment(pid: int) -> bool:
+    """Whether process ``pid`` started with every variable of the serving environment
+    (``container.serving_environment``: glibc's allocator settings, one numpy thread)."""
+    environ = set(Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"))
+    return {f"{k}={v}".encode() for k, v in container.serving_environment({}).items()} <= environ
 
 
 def installed_tool(name: str, installed_by: str) -> str:

@@ -16,14 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from matteserve import container
 from matteserve.client import TLS, Client, RemoveResult, RetryPolicy
 from matteserve.client.errors import BackendUnavailable
 from matteserve.gateway import GatewayProcess
 from matteserve.gateway.config import LogFormat
 from matteserve.tritonserver import TritonServer
 
-from ..conftest import free_port, installed_tool, start_gateway  # type: ignore[import-not-found]
+from ..conftest import (  # type: ignore[import-not-found]
+    free_port,
+    installed_tool,
+    runs_with_serving_environment,
+    start_gateway,
+)
 
 NO_RETRY = RetryPolicy(attempts=1)
 
@@ -161,5 +165,4 @@ def test_the_gateway_dies_when_the_process_that_started_it_is_killed() -> None:
 
 def test_the_gateway_runs_with_the_serving_allocator_settings(gateway: GatewayProcess) -> None:
     assert gateway.process is not None
-    environ = set(Path(f"/proc/{gateway.process.pid}/environ").read_bytes().split(b"\0"))
-    assert {f"{k}={v}".encode() for k, v in container.MALLOC_ENV.items()} <= environ
+    assert runs_with_serving_environment(gateway.process.pid)

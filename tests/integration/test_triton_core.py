@@ -7,7 +7,6 @@ import re
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,12 +14,13 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from matteserve import container
 from matteserve.build.weights import weights_path
 from matteserve.contract import Meta
 from matteserve.loadtest import stack
 from matteserve.tritonserver import TritonServer
 from matteserve.zoo import get_spec
+
+from ..conftest import runs_with_serving_environment  # type: ignore[import-not-found]
 
 Infer = Callable[..., tuple[bytes, Meta]]
 
@@ -150,5 +150,4 @@ def test_tritonserver_and_every_stub_run_with_the_served_allocator_settings(trit
     pids = [triton.process.pid, *stack.child_pids(triton.process.pid)]
     assert len(pids) >= 4, "tritonserver and a stub per python model instance"
     for pid in pids:
-        environ = set(Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"))
-        assert {f"{k}={v}".encode() for k, v in container.MALLOC_ENV.items()} <= environ, pid
+        assert runs_with_serving_environment(pid), pid

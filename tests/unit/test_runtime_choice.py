@@ -17,7 +17,7 @@ from matteserve.build.builder import build
 from matteserve.build.repository import read_manifest
 from matteserve.errors import ModelError
 from matteserve.pipeline import tensor
-from matteserve.runtimes import Precision, Runtime, RuntimeSettings, int8_model
+from matteserve.runtimes import Precision, Runtime, RuntimeSettings, int8_files
 from matteserve.stages import MattingRunner
 from matteserve.zoo import get_spec
 
@@ -113,7 +113,7 @@ def test_an_int8_repository_serves_its_quantised_model_and_says_when_it_is_missi
     samples = [rng.normal(size=(1, 3, 8, 8)).astype(np.float32) for _ in range(4)]
     quantised = nncf.quantize(ov.Core().read_model(str(onnx)), nncf.Dataset(samples), subset_size=4)
     assert quantize.quantised_operations(quantised) > 0
-    ov.save_model(quantised, str(int8_model(onnx)), compress_to_fp16=False)
+    ov.save_model(quantised, str(int8_files(onnx)[0]), compress_to_fp16=False)
     plan = configs.ServingPlan.for_host(
         SPEC, configs.Target.CPU, max_batch_size=1, runtime=Runtime.OPENVINO, precision=Precision.INT8
     )
@@ -123,7 +123,7 @@ def test_an_int8_repository_serves_its_quantised_model_and_says_when_it_is_missi
     fp32 = MattingRunner(served, SPEC, threads=1)
     for x in samples:  # quantised: close to FP32, and not FP32 itself
         assert 0 < np.abs(int8.run([x[0]])[0].astype(int) - fp32.run([x[0]])[0]).mean() <= 12
-    int8_model(served).unlink()
+    int8_files(served)[0].unlink()
     with pytest.raises(ModelError, match=r"model-int8.xml \(and its .bin\) is missing: rebuild"):
         MattingRunner(served, SPEC, settings=RuntimeSettings(Runtime.OPENVINO, Precision.INT8, 1))
 
