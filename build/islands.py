@@ -55,7 +55,7 @@ def fp32_islands(
     pieces = [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
 
     def damage(report: GateReport) -> float:
-        return (1 - report.iou_mean) + (1 - report.iou_min) + report.mean_abs / 255
+        return (1 - report.iou_mean) + (1 - report.iou_min) + (report.mean_abs + report.p99) / 255
 
     alone = {p: damage(probe(merge([q for q in pieces if q != p]))) for p in pieces}
     kept: list[NodeRange] = []

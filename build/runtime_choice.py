@@ -35,10 +35,16 @@ from matteserve.zoo import ModelSpec
 logger = logging.getLogger(__name__)
 
 # The gate, on alphas at the model's resolution against onnxruntime FP32: the share of pixels on the
-# same side of 0.5 (IoU of the two foregrounds) and the mean absolute difference.
+# same side of 0.5 (IoU of the two foregrounds), and each photo's mean and 99th-percentile absolute
+# difference. The differences are held so that a faster precision keeps the served mattes as close to
+# rembg's as FP32's are: the fidelity tests allow a mean of 1.5/255 and a 99th percentile of 16/255
+# against rembg, of which FP32 itself uses up to 0.7 and 7 (reduced JPEG decode, bilinear upsample),
+# so a candidate may differ from FP32 by half of each. (A mean of 3/255 over the photos, the first
+# gate's, let INT8 move edges by 40/255 at the 99th percentile.)
 IOU_MEAN_LIMIT = 0.98
 IOU_MIN_LIMIT = 0.95
-MEAN_ABS_LIMIT = 3.0  # in 1/255, averaged over the photos
+MEAN_ABS_LIMIT = 0.75  # in 1/255, on every photo
+P99_LIMIT = 8.0  # in 1/255, on every photo
 REFERENCE = (Runtime.ONNXRUNTIME, Precision.FP32)
 INT8 = (Runtime.OPENVINO, Precision.INT8)
 MEASURE_SECONDS = 1.5  # end to end, per candidate
@@ -145,6 +151,7 @@ class PhotoGate:
     photo: str
     iou: float
     mean_abs: float  # in 1/255
+    p99_abs: float  # in 1/255
 
 
 @dataclass(frozen=True)
@@ -169,11 +176,22 @@ class GateReport:
 
     @property
     def mean_abs(self) -> float:
-        return float(np.mean([p.mean_abs for p in self.photos]))
+        """The worst photo's mean absolute difference, in 1/255."""
+        return max(p.mean_abs for p in self.photos)
+
+    @property
+    def p99(self) -> float:
+        """The worst photo's 99th-percentile absolute difference, in 1/255."""
+        return max(p.p99_abs for p in self.photos)
 
     @property
     def passed(self) -> bool:
-        return self.iou_mean >= IOU_MEAN_LIMIT and self.iou_min >= IOU_MIN_LIMIT and self.mean_abs <= MEAN_ABS_LIMIT
+        return (
+            self.iou_mean >= IOU_MEAN_LIMIT
+            and self.iou_min >= IOU_MIN_LIMIT
+            and self.mean_abs <= MEAN_ABS_LIMIT
+            and self.p99 <= P99_LIMIT
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -183,6 +201,7 @@ class GateReport:
             "iou_mean": self.iou_mean,
             "iou_min": self.iou_min,
             "mean_abs_255": self.mean_abs,
+            "p99_255": self.p99,
             "passed": self.passed,
             "model_images_per_s": self.model_images_per_s,
             "photos": [asdict(p) for p in self.photos],
@@ -193,7 +212,8 @@ class GateReport:
         return (
             f"gate {self.runtime.value} {self.precision.value}{islands}: "
             f"IoU mean {self.iou_mean:.4f} (>= {IOU_MEAN_LIMIT}), "
-            f"min {self.iou_min:.4f} (>= {IOU_MIN_LIMIT}), mean abs {self.mean_abs:.2f}/255 (<= {MEAN_ABS_LIMIT:g}) "
+            f"min {self.iou_min:.4f} (>= {IOU_MIN_LIMIT}); worst photo's mean abs {self.mean_abs:.2f}/255 "
+            f"(<= {MEAN_ABS_LIMIT:g}), p99 {self.p99:.0f}/255 (<= {P99_LIMIT:g}) "
             f"-> {'passed' if self.passed else 'FAILED'}; model only {self.model_images_per_s:.2f} images/s"
         )
 
@@ -214,11 +234,14 @@ def gate(
     fp32_nodes: tuple[NodeRange, ...] = (),
 ) -> GateReport:
     """Compare uint8 mattes photo by photo (the same names in both)."""
-    photos = tuple(
-        PhotoGate(name, iou(e, actual[name]), float(np.abs(e.astype(int) - actual[name]).mean()))
-        for name, e in expected.items()
-    )
+    photos = tuple(compare(name, e, actual[name]) for name, e in expected.items())
     return GateReport(runtime, precision, photos, model_images_per_s, fp32_nodes)
+
+
+def compare(photo: str, expected: np.ndarray, actual: np.ndarray) -> PhotoGate:
+    """One photo's uint8 matte against its FP32 one."""
+    diff = np.abs(expected.astype(int) - actual)
+    return PhotoGate(photo, iou(expected, actual), float(diff.mean()), float(np.percentile(diff, 99)))
 
 
 @dataclass(frozen=True)
@@ -246,7 +269,12 @@ class Choice:
             "fp32_nodes": format_ranges(self.chosen.fp32_nodes),
             "measured": self.measured,
             "capabilities": asdict(self.capabilities),
-            "gate_limits": {"iou_mean": IOU_MEAN_LIMIT, "iou_min": IOU_MIN_LIMIT, "mean_abs_255": MEAN_ABS_LIMIT},
+            "gate_limits": {
+                "iou_mean": IOU_MEAN_LIMIT,
+                "iou_min": IOU_MIN_LIMIT,
+                "mean_abs_255": MEAN_ABS_LIMIT,
+                "p99_255": P99_LIMIT,
+            },
             "gates": [g.to_dict() for g in self.gates],
             "end_to_end": [
                 {**asdict(m.candidate), "label": m.candidate.label(), "images_per_s": m.images_per_s}

@@ -32,8 +32,8 @@ OV = rc.Candidate(Runtime.OPENVINO, Precision.FP32, 1, 2)
 BF16 = rc.Candidate(Runtime.OPENVINO, Precision.BF16, 1, 2)
 
 
-def report(candidate: rc.Candidate, ious: list[float], mean_abs: float = 0.5) -> rc.GateReport:
-    photos = tuple(rc.PhotoGate(f"p{i}", iou, mean_abs) for i, iou in enumerate(ious))
+def report(candidate: rc.Candidate, ious: list[float], mean_abs: float = 0.5, p99: float = 4.0) -> rc.GateReport:
+    photos = tuple(rc.PhotoGate(f"p{i}", iou, mean_abs, p99) for i, iou in enumerate(ious))
     return rc.GateReport(candidate.runtime, candidate.precision, photos)
 
 
@@ -56,7 +56,10 @@ def test_the_gate_holds_each_limit_on_its_own() -> None:
     assert report(BF16, [0.99, 0.99]).passed
     assert not report(BF16, [0.975, 0.975]).passed  # mean IoU under 0.98
     assert not report(BF16, [1.0, 1.0, 1.0, 0.94]).passed  # mean fine, one photo under 0.95
-    assert not report(BF16, [1.0, 1.0], mean_abs=3.5).passed  # mean abs error over 3/255
+    assert not report(BF16, [1.0, 1.0], mean_abs=0.8).passed  # mean abs error over 0.75/255
+    assert not report(BF16, [1.0, 1.0], p99=9.0).passed  # 1% of the pixels off by more than 8/255
+    one_bad = rc.GateReport(*BF16.engine, (rc.PhotoGate("a", 1.0, 0.1, 1.0), rc.PhotoGate("b", 1.0, 0.9, 1.0)))
+    assert not one_bad.passed  # the limits hold on each photo, not on the average
 
 
 def test_gate_measures_foreground_overlap_and_mean_error_per_photo() -> None:
@@ -67,7 +70,11 @@ def test_gate_measures_foreground_overlap_and_mean_error_per_photo() -> None:
     result = rc.gate(*BF16.engine, {"a": expected}, {"a": actual})
     assert result.photos[0].iou == pytest.approx(50 / 60)
     assert result.mean_abs == pytest.approx(200 * 10 / 100)
+    assert result.p99 == 200  # 10% of the pixels are 200 off
     assert not result.passed
+    edge = expected.copy()
+    edge[0, 5] = 100  # one pixel of 100 is 1% of 100: the 99th percentile interpolates below it
+    assert rc.gate(*BF16.engine, {"a": expected}, {"a": edge}).p99 == pytest.approx(1.0)
 
 
 def test_a_cpu_without_bf16_gets_fp32_candidates_only() -> None:
@@ -133,8 +140,14 @@ def test_the_quantiser_scores_a_matte_by_overlap_and_by_error() -> None:
     a[:, :5] = 255
     assert quantize.score(a, a) == 1.0
     assert quantize.score(a, np.zeros_like(a)) == 0.0  # no foreground left
-    off_by_5 = a + np.uint8(5) * (a == 0)
-    assert quantize.score(a, off_by_5) == pytest.approx(1 - 10 * 2.5 / 255)  # same side of 0.5 everywhere
+    off_by_5 = a + np.uint8(5) * (a == 0)  # same side of 0.5 everywhere: scored by its errors
+    assert quantize.score(a, off_by_5) == pytest.approx(1 - quantize.MAX_DROP * 2.5 / rc.MEAN_ABS_LIMIT)
+    edge = a.copy()
+    edge[0, 5] = 100  # a mean of 1/255 and a 99th percentile of 1/255
+    assert quantize.score(a, edge) == pytest.approx(1 - quantize.MAX_DROP * 1.0 / rc.MEAN_ABS_LIMIT)
+    rim = a.copy()
+    rim[:2, 5] = 40  # 2% of the pixels 40 off: a mean of 0.8/255, but the 99th percentile is 40/255
+    assert quantize.score(a, rim) == pytest.approx(1 - quantize.MAX_DROP * 40 / rc.P99_LIMIT)
 
 
 def test_fold_input_is_refused_with_int8(tmp_path: Path) -> None:
@@ -228,7 +241,7 @@ def test_the_layers_bf16_damages_most_are_kept_in_fp32_until_the_gate_passes() -
         tried.append(fp32)
         covered = sum(1 for s in sensitive if any(a <= s[0] and s[1] <= b for a, b in fp32))
         iou = {0: 0.93, 1: 0.975, 2: 0.995}[covered]
-        return rc.GateReport(*BF16.engine, (rc.PhotoGate("p", iou, 0.2),), fp32_nodes=fp32)
+        return rc.GateReport(*BF16.engine, (rc.PhotoGate("p", iou, 0.2, 3.0),), fp32_nodes=fp32)
 
     found = islands.fp32_islands(1000, trial)
     assert found is not None
@@ -240,7 +253,7 @@ def test_the_layers_bf16_damages_most_are_kept_in_fp32_until_the_gate_passes() -
 def test_an_fp32_island_shrinks_to_the_half_that_still_passes() -> None:
     def trial(fp32: tuple[tuple[int, int], ...]) -> rc.GateReport:
         covered = any(a <= 570 and b >= 600 for a, b in fp32)
-        return rc.GateReport(*BF16.engine, (rc.PhotoGate("p", 0.99 if covered else 0.93, 0.2),), fp32_nodes=fp32)
+        return rc.GateReport(*BF16.engine, (rc.PhotoGate("p", 0.99 if covered else 0.93, 0.2, 3.0),), fp32_nodes=fp32)
 
     found = islands.fp32_islands(1000, trial)
     assert found is not None
@@ -249,7 +262,7 @@ def test_an_fp32_island_shrinks_to_the_half_that_still_passes() -> None:
 
 def test_no_fp32_island_is_offered_when_only_fp32_everywhere_passes() -> None:
     def trial(fp32: tuple[tuple[int, int], ...]) -> rc.GateReport:
-        return rc.GateReport(*BF16.engine, (rc.PhotoGate("p", 0.9, 5.0),), fp32_nodes=fp32)
+        return rc.GateReport(*BF16.engine, (rc.PhotoGate("p", 0.9, 5.0, 40.0),), fp32_nodes=fp32)
 
     assert islands.fp32_islands(80, trial) is None
 
@@ -259,8 +272,8 @@ def test_measured_fp32_islands_reach_the_served_candidates() -> None:
     assert island.settings().fp32_nodes == ((10, 20),)
     assert "nodes 10-20 in fp32" in island.label()
     measured = [rc.Measurement(ORT, 5.0), rc.Measurement(island, 7.0)]
-    full = rc.GateReport(*BF16.engine, (rc.PhotoGate("p", 0.93, 2.0),))
-    mixed = rc.GateReport(*BF16.engine, (rc.PhotoGate("p", 0.995, 0.2),), fp32_nodes=((10, 20),))
+    full = rc.GateReport(*BF16.engine, (rc.PhotoGate("p", 0.93, 2.0, 30.0),))
+    mixed = rc.GateReport(*BF16.engine, (rc.PhotoGate("p", 0.995, 0.2, 3.0),), fp32_nodes=((10, 20),))
     assert rc.choose(measured, [full, mixed]) == island
     assert rc.choose(measured, [full]) == ORT
 
