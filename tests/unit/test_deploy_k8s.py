@@ -225,6 +225,8 @@ def test_cpu_dev_runs_the_cpu_image_without_gpus() -> None:
     assert "--address=0.0.0.0" in triton["args"]
     matteserve_accepts([*triton["command"], *triton["args"]])
     assert "nvidia.com/gpu" not in str(triton["resources"])
+    probe = triton["startupProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= 30 * 60, "the first build quantises for minutes"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
