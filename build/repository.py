@@ -111,16 +111,18 @@ def read_manifest(repository: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def built_for_this_cpu(manifest: dict[str, Any], cpuinfo: str | None = None) -> bool:
-    """Whether a CPU build's runtime choice was made on a CPU with this one's BF16 and VNNI: a
-    repository built elsewhere (a shared volume, a copied cache) was gated and measured for that CPU."""
-    from matteserve.build.runtime_choice import Capabilities
+def choice_holds(manifest: dict[str, Any], cpuinfo: str | None = None) -> bool:
+    """Whether a CPU build's runtime choice still holds here: made on a CPU with this one's BF16 and
+    VNNI (a repository built elsewhere, on a shared volume or a copied cache, was gated and measured
+    for that CPU), and by today's parity gate (a build an older, looser gate let through is redone)."""
+    from matteserve.build.runtime_choice import Capabilities, gate_limits
 
-    built = manifest.get("runtime_choice", {}).get("capabilities")
-    if built is None:  # GPU and stand-in builds choose no CPU runtime
+    choice = manifest.get("runtime_choice")
+    if choice is None:  # GPU and stand-in builds choose no CPU runtime
         return True
-    here = Capabilities.detect(cpuinfo)
-    return (built.get("bf16"), built.get("vnni")) == (here.bf16, here.vnni)
+    built, here = choice.get("capabilities", {}), Capabilities.detect(cpuinfo)
+    same_cpu = (built.get("bf16"), built.get("vnni")) == (here.bf16, here.vnni)
+    return same_cpu and choice.get("gate_limits") == gate_limits()
 
 
 def is_current(
@@ -135,7 +137,7 @@ def is_current(
     manifest = read_manifest(repository)
     if manifest is None or manifest.get("adapters_sha256") != adapters_digest():
         return False
-    if not built_for_this_cpu(manifest):
+    if not choice_holds(manifest):
         return False
     chosen = manifest.get("runtime_choice", {})
     if any(

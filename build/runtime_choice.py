@@ -218,6 +218,11 @@ class GateReport:
         )
 
 
+def gate_limits() -> dict[str, float]:
+    """The parity gate's limits, as the build's manifest records them."""
+    return {"iou_mean": IOU_MEAN_LIMIT, "iou_min": IOU_MIN_LIMIT, "mean_abs_255": MEAN_ABS_LIMIT, "p99_255": P99_LIMIT}
+
+
 def iou(expected: np.ndarray, actual: np.ndarray) -> float:
     """IoU of the foregrounds (alpha >= 0.5) of two uint8 mattes; 1.0 when both are empty."""
     a, b = expected >= 128, actual >= 128
@@ -269,12 +274,7 @@ class Choice:
             "fp32_nodes": format_ranges(self.chosen.fp32_nodes),
             "measured": self.measured,
             "capabilities": asdict(self.capabilities),
-            "gate_limits": {
-                "iou_mean": IOU_MEAN_LIMIT,
-                "iou_min": IOU_MIN_LIMIT,
-                "mean_abs_255": MEAN_ABS_LIMIT,
-                "p99_255": P99_LIMIT,
-            },
+            "gate_limits": gate_limits(),
             "gates": [g.to_dict() for g in self.gates],
             "end_to_end": [
                 {**asdict(m.candidate), "label": m.candidate.label(), "images_per_s": m.images_per_s}

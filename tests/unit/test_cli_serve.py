@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from matteserve.build.repository import MANIFEST, adapters_digest
+from matteserve.build.runtime_choice import Capabilities, gate_limits
 from matteserve.cli import app
 from matteserve.paths import default_repository
 from matteserve.pipeline.decode import ImageLimits
@@ -41,7 +42,12 @@ def test_serve_rebuilds_a_repository_that_runs_the_model_otherwise_than_asked(
     manifest = {
         "adapters_sha256": adapters_digest(),
         "limits": asdict(ImageLimits()),
-        "runtime_choice": {"runtime": "openvino", "precision": built},
+        "runtime_choice": {
+            "runtime": "openvino",
+            "precision": built,
+            "capabilities": asdict(Capabilities.detect()),
+            "gate_limits": gate_limits(),
+        },
     }
     (repo / MANIFEST).write_text(json.dumps(manifest))
     calls: list[dict[str, object]] = []

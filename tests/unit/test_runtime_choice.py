@@ -278,9 +278,14 @@ def test_measured_fp32_islands_reach_the_served_candidates() -> None:
     assert rc.choose(measured, [full]) == ORT
 
 
-def test_a_cpu_build_is_current_only_on_a_cpu_with_the_same_bf16_and_vnni() -> None:
-    manifest = {"runtime_choice": {"capabilities": {"bf16": True, "vnni": True, "openvino": True, "nncf": True}}}
-    assert repository.built_for_this_cpu(manifest, "flags : avx2 avx512_vnni avx512_bf16")
-    assert not repository.built_for_this_cpu(manifest, "flags : avx2 avx512_vnni")  # no BF16 here
-    assert not repository.built_for_this_cpu(manifest, "flags : avx2")  # e.g. a volume moved to an older host
-    assert repository.built_for_this_cpu({"target": "gpu"}, "flags : avx2")  # no CPU runtime was chosen
+def test_a_cpu_build_is_current_only_on_a_cpu_with_the_same_bf16_and_vnni_and_by_todays_gate() -> None:
+    caps = {"bf16": True, "vnni": True, "openvino": True, "nncf": True}
+    manifest = {"runtime_choice": {"capabilities": caps, "gate_limits": rc.gate_limits()}}
+    assert repository.choice_holds(manifest, "flags : avx2 avx512_vnni avx512_bf16")
+    assert not repository.choice_holds(manifest, "flags : avx2 avx512_vnni")  # no BF16 here
+    assert not repository.choice_holds(manifest, "flags : avx2")  # e.g. a volume moved to an older host
+    assert repository.choice_holds({"target": "gpu"}, "flags : avx2")  # no CPU runtime was chosen
+    # The first gate's limits (a mean of 3/255 over the photos, no 99th percentile) let INT8 through
+    first_gate = {"iou_mean": 0.98, "iou_min": 0.95, "mean_abs_255": 3.0}
+    older = {"runtime_choice": {"capabilities": caps, "gate_limits": first_gate}}
+    assert not repository.choice_holds(older, "flags : avx2 avx512_vnni avx512_bf16")
