@@ -101,6 +101,17 @@ def test_the_glob_and_the_list_file_collide_on_one_name_and_the_second_is_report
     assert failure["status"] == "OUTPUT_COLLISION"
 
 
+@pytest.fixture
+def interruptible() -> Iterator[None]:
+    """Ctrl-C reaches the CLI started below. A suite run as a shell's background job starts with SIGINT
+    ignored, and an ignored signal stays ignored across exec, so the CLI would rightly ignore it too;
+    a handled one is reset to the default in the child."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("interruptible")
 def test_an_interrupted_run_resumes_and_writes_nothing_twice(
     gateway: GatewayProcess, tmp_path: Path, make_photo: Callable[..., bytes]
 ) -> None:
