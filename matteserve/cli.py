@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import secrets
 import signal
 import sys
@@ -16,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from matteserve import zoo
+from matteserve import container, zoo
 from matteserve.build.configs import Target
 from matteserve.build.runtime_choice import MEASURE_SECONDS
 from matteserve.client.remove_cli import remove
@@ -314,6 +315,8 @@ def run_gateway(
 
     cfg = gateway_config(options)
     setup_logging(verbose, json_format=cfg.log_format is LogFormat.JSON)
+    if applied := container.tune_allocator(os.environ):  # started by hand: no serving environment
+        logging.getLogger(__name__).info("allocator settings applied: %s", " ".join(applied))
     asyncio.run(serve_gateway(cfg))
 
 

@@ -48,6 +48,27 @@ MALLOC_ENV = {
 }
 
 
+# mallopt(3)'s parameter for each MALLOC_ENV variable (glibc's malloc.h).
+_MALLOPT = {"MALLOC_TRIM_THRESHOLD_": -1, "MALLOC_MMAP_THRESHOLD_": -3, "MALLOC_ARENA_MAX": -8}
+
+
+def tune_allocator(env: Mapping[str, str]) -> list[str]:
+    """Apply :data:`MALLOC_ENV` to this process where ``env`` (its environment at start, which glibc
+    read then) did not set it: for a server started by hand, outside the launchers and images.
+    Returns the settings applied. The arena cap holds for the threads started after the call."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        return []
+    applied = []
+    for name, value in MALLOC_ENV.items():
+        if name not in env and mallopt(_MALLOPT[name], int(value)) == 1:
+            applied.append(f"{name}={value}")
+    return applied
+
+
 def serving_environment(env: Mapping[str, str]) -> dict[str, str]:
     """``env`` for a serving process (tritonserver and its python-backend stubs, which inherit it):
     glibc's allocator keeps image-sized blocks (:data:`MALLOC_ENV`, each unless ``env`` sets it);

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -119,3 +122,33 @@ def test_serving_processes_keep_image_sized_buffers_unless_told_otherwise() -> N
     assert env["MALLOC_ARENA_MAX"] == "2"
     mine = container.serving_environment({"MALLOC_TRIM_THRESHOLD_": "0", "OMP_NUM_THREADS": "4"})
     assert (mine["MALLOC_TRIM_THRESHOLD_"], mine["OMP_NUM_THREADS"]) == ("0", "4")
+
+
+# A fresh interpreter mallocs 16 MiB and says whether the block came from the main heap (kept and
+# reused) or from a mapping of its own (glibc's default above 128 KiB: unmapped again on free).
+_HEAP_OR_MAP = """
+import ctypes, sys
+from matteserve import container
+applied = container.tune_allocator({"MALLOC_ARENA_MAX": "8"} if sys.argv[1] == "tune" else dict(container.MALLOC_ENV))
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+block = libc.malloc(16 << 20)
+lo = hi = 0
+for line in open("/proc/self/maps"):
+    if line.rstrip().endswith("[heap]"):
+        lo, hi = (int(a, 16) for a in line.split()[0].split("-"))
+print(" ".join(applied), "|", lo <= block < hi)
+"""
+
+
+@pytest.mark.parametrize(("mode", "applied", "in_heap"), [
+    ("tune", "MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=268435456", True),
+    ("already-set", "", False),  # the variables were in the environment at start: nothing to do here
+])  # fmt: skip
+def test_a_server_started_by_hand_tunes_its_own_allocator(mode: str, applied: str, in_heap: bool) -> None:
+    """Without the variables at start (``matteserve gateway`` run by hand), mallopt applies each one
+    the environment did not set; the child's environment has none, so "already-set" shows glibc's default."""
+    env = {k: v for k, v in os.environ.items() if k not in container.MALLOC_ENV}
+    argv = [sys.executable, "-c", _HEAP_OR_MAP, mode]
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [*applied.split(), "|", str(in_heap)]
