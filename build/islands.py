@@ -54,10 +54,7 @@ def fp32_islands(
     bounds = [round(i * node_count / chunks) for i in range(chunks + 1)]
     pieces = [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
 
-    def damage(report: GateReport) -> float:
-        return (1 - report.iou_mean) + (1 - report.iou_min) + (report.mean_abs + report.p99) / 255
-
-    alone = {p: damage(probe(merge([q for q in pieces if q != p]))) for p in pieces}
+    alone = {p: probe(merge([q for q in pieces if q != p])).excess for p in pieces}
     kept: list[NodeRange] = []
     for piece in sorted(pieces, key=lambda p: -alone[p]):
         kept.append(piece)

@@ -62,15 +62,20 @@ def quantize(onnx: Path, spec: ModelSpec, inputs: Mapping[str, np.ndarray], expe
         return min(scores)
 
     items = [(name, x[None]) for name, x in inputs.items()]
-    model = ov.Core().read_model(str(onnx))
+    core = ov.Core()
+    model = core.read_model(str(onnx))
+    # NNCF measures the drop from its own score of the unquantised model, which OpenVINO's FP32
+    # arithmetic puts a little below onnxruntime's 1.0: the allowed drop shrinks by that much, so the
+    # quantised model is held to 1 - MAX_DROP, as the gate holds it. (The 1e-9: NNCF compares in
+    # floats, where 1 - 0.96 > 0.04, and a photo exactly at a limit passes the gate.)
+    initial = validate(core.compile_model(model, "CPU"), items)  # compiled as NNCF compiles it
+    max_drop = max(MAX_DROP - (1.0 - initial), 0.0) + 1e-9
     quantized = nncf.quantize_with_accuracy_control(
         model,
         nncf.Dataset(items, lambda item: item[1]),
         nncf.Dataset(items),
         validation_fn=validate,
-        # NNCF compares 1 - score with max_drop in floats, where 1 - 0.96 > 0.04: a photo exactly at
-        # a limit (a 99th percentile of 8/255, say) must pass, as it does in the gate.
-        max_drop=MAX_DROP + 1e-9,
+        max_drop=max_drop,
         drop_type=nncf.DropType.ABSOLUTE,
         preset=nncf.QuantizationPreset.MIXED,
         subset_size=len(items),

@@ -48,23 +48,30 @@ MALLOC_ENV = {
 }
 
 
-# mallopt(3)'s parameter for each MALLOC_ENV variable (glibc's malloc.h).
-_MALLOPT = {"MALLOC_TRIM_THRESHOLD_": -1, "MALLOC_MMAP_THRESHOLD_": -3, "MALLOC_ARENA_MAX": -8}
+# mallopt(3)'s parameter for each MALLOC_ENV variable (glibc's malloc.h), and its GLIBC_TUNABLES name.
+_MALLOPT = {
+    "MALLOC_TRIM_THRESHOLD_": (-1, "glibc.malloc.trim_threshold"),
+    "MALLOC_MMAP_THRESHOLD_": (-3, "glibc.malloc.mmap_threshold"),
+    "MALLOC_ARENA_MAX": (-8, "glibc.malloc.arena_max"),
+}
 
 
 def tune_allocator(env: Mapping[str, str]) -> list[str]:
     """Apply :data:`MALLOC_ENV` to this process where ``env`` (its environment at start, which glibc
-    read then) did not set it: for a server started by hand, outside the launchers and images.
-    Returns the settings applied. The arena cap holds for the threads started after the call."""
+    read then) did not set it, in either form: for a server started by hand, outside the launchers
+    and images. Returns the settings applied. The arena cap holds for the threads started after the
+    call."""
     import ctypes
 
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # not glibc: nothing to tune
         return []
+    tunables = env.get("GLIBC_TUNABLES", "")
     applied = []
     for name, value in MALLOC_ENV.items():
-        if name not in env and mallopt(_MALLOPT[name], int(value)) == 1:
+        param, tunable = _MALLOPT[name]
+        if name not in env and f"{tunable}=" not in tunables and mallopt(param, int(value)) == 1:
             applied.append(f"{name}={value}")
     return applied
 

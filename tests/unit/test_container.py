@@ -129,7 +129,11 @@ def test_serving_processes_keep_image_sized_buffers_unless_told_otherwise() -> N
 _HEAP_OR_MAP = """
 import ctypes, sys
 from matteserve import container
-applied = container.tune_allocator({"MALLOC_ARENA_MAX": "8"} if sys.argv[1] == "tune" else dict(container.MALLOC_ENV))
+given = {
+    "tune": {"GLIBC_TUNABLES": "glibc.malloc.arena_max=8"},  # set at start in glibc's other form: left alone
+    "already-set": dict(container.MALLOC_ENV),
+}[sys.argv[1]]
+applied = container.tune_allocator(given)
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 block = libc.malloc(16 << 20)

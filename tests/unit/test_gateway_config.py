@@ -10,6 +10,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from matteserve import container
 from matteserve.cli import app
 from matteserve.gateway import server
 from matteserve.gateway.config import ConfigError, GatewayConfig, LogFormat
@@ -57,6 +58,7 @@ def test_every_setting_reaches_the_gateway_command_through_the_argv_the_launcher
         served.append(cfg)
 
     monkeypatch.setattr(server, "serve", serve)
+    monkeypatch.setattr(container, "tune_allocator", lambda env: [])  # not this test process's allocator
     result = CliRunner().invoke(app, ["gateway", *EVERY_SETTING.to_args()])
     assert result.exit_code == 0, result.output
     assert served == [EVERY_SETTING]

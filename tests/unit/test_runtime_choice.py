@@ -62,6 +62,20 @@ def test_the_gate_holds_each_limit_on_its_own() -> None:
     assert not one_bad.passed  # the limits hold on each photo, not on the average
 
 
+def test_the_photos_furthest_past_any_limit_rank_first() -> None:
+    """Island search probes the photos a precision damages most: by any limit, not IoU alone."""
+    edges = rc.PhotoGate("edges", 1.0, 0.3, 12.0)  # the same foreground, its edges 12/255 off
+    overlap = rc.PhotoGate("overlap", 0.96, 0.3, 4.0)
+    assert edges.excess == pytest.approx(1.5)  # p99 at 1.5x its limit
+    assert overlap.excess == pytest.approx(0.8)  # IoU 0.96: 80% of the way to the minimum's 0.95
+    report = rc.GateReport(*BF16.engine, (edges, overlap))
+    assert report.excess == pytest.approx(1.5)  # the worst photo's; the mean IoU, 0.98, is at its limit
+    assert not report.passed
+    fine = rc.GateReport(*BF16.engine, (rc.PhotoGate("fine", 0.99, 0.3, 4.0),))
+    assert fine.excess == pytest.approx(0.5)
+    assert fine.passed
+
+
 def test_gate_measures_foreground_overlap_and_mean_error_per_photo() -> None:
     expected = np.zeros((10, 10), np.uint8)
     expected[:, :5] = 255
