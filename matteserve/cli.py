@@ -128,7 +128,7 @@ PrecisionOpt = Annotated[
     Precision | None,
     typer.Option(
         help="CPU: fp32 forces FP32 arithmetic (with --runtime onnxruntime, the reference); default: the "
-        "fastest that passes the gate (INT8 where the CPU has VNNI)."
+        "fastest that passes the gate (INT8 is tried where the CPU has VNNI)."
     ),
 ]
 
@@ -316,7 +316,7 @@ def run_gateway(
     cfg = gateway_config(options)
     setup_logging(verbose, json_format=cfg.log_format is LogFormat.JSON)
     if applied := container.tune_allocator(os.environ):  # started by hand: no serving environment
-        logging.getLogger(__name__).info("allocator settings applied: %s", " ".join(applied))
+        logger.info("allocator settings applied: %s", " ".join(applied))
     asyncio.run(serve_gateway(cfg))
 
 
